@@ -1,0 +1,6 @@
+"""Workload specs and settings (pydantic v2): validated at the boundary, passed down frozen."""
+
+from kilowatt.spec.base import Spec, format_validation_error, load_spec, read_yaml
+from kilowatt.spec.settings import Settings
+
+__all__ = ["Settings", "Spec", "format_validation_error", "load_spec", "read_yaml"]

@@ -1,0 +1,56 @@
+"""Settings: where kilowatt keeps its state, read once at the entry point."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseModel):
+    """Where the store, artifacts and user catalog live, and who is acting.
+
+    Built once by the CLI or API from the environment; tests pass values directly.
+
+    >>> s = Settings.from_env({"KILOWATT_HOME": "/tmp/kw"})
+    >>> s.store_url
+    'sqlite:////tmp/kw/kilowatt.db'
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    home: Path
+    store_url: str
+    artifacts_url: str
+    user: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read ``KILOWATT_HOME``, ``KILOWATT_STORE_URL``, ``KILOWATT_ARTIFACTS_URL``,
+        ``KILOWATT_USER`` (defaults: ``~/.kilowatt``, SQLite and a folder inside it, the OS user).
+        """
+        env = os.environ if env is None else env
+        home = Path(env.get("KILOWATT_HOME") or Path.home() / ".kilowatt").expanduser()
+        return cls(
+            home=home,
+            store_url=env.get("KILOWATT_STORE_URL") or f"sqlite:///{home / 'kilowatt.db'}",
+            artifacts_url=env.get("KILOWATT_ARTIFACTS_URL") or str(home / "artifacts"),
+            user=env.get("KILOWATT_USER") or _os_user(),
+        )
+
+    @property
+    def catalog_dir(self) -> Path:
+        """User catalog files that add to or override the built-in catalog."""
+        return self.home / "catalog"
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
