@@ -1,6 +1,17 @@
 """Workload specs and settings (pydantic v2): validated at the boundary, passed down frozen."""
 
 from kilowatt.spec.base import Spec, format_validation_error, load_spec, read_yaml
+from kilowatt.spec.serve import BatchingSpec, ModelSpec, ServeSLO, ServeSpec
 from kilowatt.spec.settings import Settings
 
-__all__ = ["Settings", "Spec", "format_validation_error", "load_spec", "read_yaml"]
+__all__ = [
+    "BatchingSpec",
+    "ModelSpec",
+    "ServeSLO",
+    "ServeSpec",
+    "Settings",
+    "Spec",
+    "format_validation_error",
+    "load_spec",
+    "read_yaml",
+]
