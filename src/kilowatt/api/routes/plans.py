@@ -1,0 +1,89 @@
+"""Plans: submit a workload spec (JSON or YAML), get the ranked configurations back."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import yaml
+from fastapi import APIRouter, Request
+
+from kilowatt.api.auth import Principal, Role, require
+from kilowatt.errors import SpecError
+
+__all__ = ["read_limited_body", "router", "to_jsonable"]
+
+router = APIRouter(tags=["plans"])
+
+_SPEC_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": {"type": "object"}},
+        "application/yaml": {"schema": {"type": "string"}},
+    },
+}
+
+
+async def read_limited_body(request: Request) -> bytes:
+    """The request body, refused with a ``SpecError`` past the server's upload limit.
+
+    The middleware already refuses a declared oversized ``Content-Length``; this also
+    stops a chunked body that never declared one.
+    """
+    limit = request.app.state.max_upload_bytes
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise SpecError(f"request body exceeds the {limit}-byte limit; send a smaller file")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_spec(body: bytes, content_type: str) -> dict[str, Any]:
+    try:
+        text = body.decode("utf-8")
+        data = json.loads(text) if "json" in content_type else yaml.safe_load(text)
+    except (UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        raise SpecError(f"the spec is not valid {content_type or 'YAML'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise SpecError("the spec must be a mapping of keys to values at the top level")
+    return data
+
+
+def to_jsonable(value: Any) -> Any:
+    """Pydantic models, dataclasses, enums and containers as plain JSON values."""
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "value") and hasattr(value, "name"):  # an Enum
+        return value.value
+    if isinstance(value, float) and value != value:  # NaN is not JSON
+        return None
+    return value
+
+
+@router.post(
+    "/plans",
+    summary="Plan a workload spec",
+    openapi_extra={"requestBody": _SPEC_BODY},
+    response_model=dict[str, Any],
+)
+async def submit_plan(request: Request, _: Principal = require(Role.viewer)) -> dict[str, Any]:
+    """Estimate time, cost, energy and carbon of every fitting configuration, ranked.
+
+    Send the spec as JSON or as YAML (``Content-Type: application/yaml``). Planning reads
+    the catalog only; nothing is written, so viewers may plan.
+    """
+    from kilowatt.plan import plan
+
+    body = await read_limited_body(request)
+    spec = _parse_spec(body, request.headers.get("content-type", ""))
+    return {"plan": to_jsonable(plan(spec))}
