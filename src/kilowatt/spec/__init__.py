@@ -3,14 +3,26 @@
 from kilowatt.spec.base import Spec, format_validation_error, load_spec, read_yaml
 from kilowatt.spec.serve import BatchingSpec, ModelSpec, ServeSLO, ServeSpec
 from kilowatt.spec.settings import Settings
+from kilowatt.spec.train import (
+    CheckpointSpec,
+    EarlyStopSpec,
+    KeepBestSpec,
+    TrainOptions,
+    TrainSpec,
+)
 
 __all__ = [
     "BatchingSpec",
+    "CheckpointSpec",
+    "EarlyStopSpec",
+    "KeepBestSpec",
     "ModelSpec",
     "ServeSLO",
     "ServeSpec",
     "Settings",
     "Spec",
+    "TrainOptions",
+    "TrainSpec",
     "format_validation_error",
     "load_spec",
     "read_yaml",
