@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kilowatt.errors import MeterUnavailable, SpecError
+from kilowatt.errors import KilowattError, MeterUnavailable, SpecError
 from kilowatt.meter.readers import (
     Clock,
     CpuTimeReader,
@@ -185,20 +185,21 @@ class EnergyMeter:
 
 
 def cpu_watts_per_core(catalog: Any, instance: str) -> float:
-    """Watts per busy core for ``instance`` from the catalog, or the documented default."""
+    """Watts per busy core for ``instance``: the catalog's per-core CPU figure (``tdp_w`` of
+    a ``cpu`` accelerator), else the instance's host power / vCPUs, else the default.
+    """
     if catalog is None:
         try:
             from kilowatt.catalog import load_catalog
 
             catalog = load_catalog()
-        except Exception:  # no catalog (or a broken one) must not stop a job from running
+        except KilowattError:  # a broken catalog must not stop a job; the default is marked
             return DEFAULT_CPU_WATTS_PER_CORE
     try:
         entry = catalog.instance(instance)
-    except Exception:
+        accelerator = catalog.accelerator(entry.accelerator)
+    except (KilowattError, AttributeError):
         return DEFAULT_CPU_WATTS_PER_CORE
-    for attr in ("cpu_watts_per_core", "cpu_power_w_per_core", "watts_per_core"):
-        value = getattr(entry, attr, None)
-        if value:
-            return float(value)
-    return DEFAULT_CPU_WATTS_PER_CORE
+    if accelerator.kind == "cpu":
+        return float(accelerator.tdp_w)
+    return float(entry.host_power) / float(entry.vcpus)

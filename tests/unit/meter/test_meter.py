@@ -210,7 +210,10 @@ def test_rapl_unreadable_or_absent_raises_meter_unavailable(tmp_path: Path) -> N
 
 
 def test_for_this_process_falls_back_to_a_cpu_time_estimate_without_devices() -> None:
-    catalog = SimpleNamespace(instance=lambda name: SimpleNamespace(cpu_watts_per_core=9.0))
+    catalog = SimpleNamespace(
+        instance=lambda name: SimpleNamespace(accelerator="cpu"),
+        accelerator=lambda name: SimpleNamespace(kind="cpu", tdp_w=9.0),
+    )
     meter = EnergyMeter.for_this_process(catalog=catalog)
     methods = {r.method for r in meter.readers}
     # This host may have readable RAPL; otherwise the estimate must be there, never nothing.
