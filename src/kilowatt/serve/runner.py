@@ -1,0 +1,137 @@
+"""Run the HTTP server: one process, or several workers sharing the port.
+
+Workers are started by uvicorn, each building its own app from the spec passed in the
+environment (``KILOWATT_SERVE_SPEC``); their metrics go to a shared multiprocess folder so
+``/metrics`` answers with totals over every worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+from kilowatt.errors import SpecError
+from kilowatt.serve.app import ServeApp, create_app
+from kilowatt.serve.metrics import ServeMetrics
+from kilowatt.serve.server import DeploymentEvent, InferenceServer, ServeCallback
+from kilowatt.spec.serve import ServeSpec
+
+__all__ = ["SPEC_ENV", "run", "threads_per_worker", "worker_app"]
+
+SPEC_ENV = "KILOWATT_SERVE_SPEC"
+_ADMIN_ENV = "KILOWATT_SERVE_ADMIN"
+
+
+def threads_per_worker(spec: ServeSpec, cpu_count: int | None = None) -> int:
+    """CPU threads for torch in each worker: the spec's, else the cores shared evenly.
+
+    >>> threads_per_worker(ServeSpec(models=[{"name": "m", "source": "m.pt"}], workers=2), 8)
+    4
+    """
+    if spec.threads_per_worker is not None:
+        return spec.threads_per_worker
+    cores = cpu_count if cpu_count is not None else _available_cores()
+    return max(1, cores // spec.workers)
+
+
+def _available_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _set_threads(count: int) -> None:
+    import torch
+
+    torch.set_num_threads(count)
+    # One inter-op thread: the batcher already runs one forward pass at a time.
+    if torch.get_num_interop_threads() != 1:
+        # Settable once per process, before any parallel work; otherwise keep it.
+        with contextlib.suppress(RuntimeError):
+            torch.set_num_interop_threads(1)
+
+
+def _uvicorn_options(spec: ServeSpec) -> dict[str, Any]:
+    import importlib.util
+
+    options: dict[str, Any] = {
+        "host": spec.host,
+        "port": spec.port,
+        "log_level": "warning",
+        "timeout_graceful_shutdown": int(spec.drain_timeout_s),
+        "access_log": False,
+        "backlog": 4096,
+    }
+    # The C HTTP parser and event loop take a large share of per-request cost off Python.
+    if importlib.util.find_spec("httptools"):
+        options["http"] = "httptools"
+    if importlib.util.find_spec("uvloop"):
+        options["loop"] = "uvloop"
+    return options
+
+
+def worker_app() -> ServeApp:
+    """App factory of one worker process (reads the spec from ``KILOWATT_SERVE_SPEC``)."""
+    raw = os.environ.get(SPEC_ENV)
+    if not raw:
+        raise SpecError(f"{SPEC_ENV} is not set; start workers through kilowatt serve")
+    spec = ServeSpec.model_validate_json(raw)
+    _set_threads(threads_per_worker(spec))
+    server = InferenceServer(spec, metrics=ServeMetrics(), meter=_default_meter())
+    admin = os.environ.get(_ADMIN_ENV) == "1"
+    return create_app(server, max_body_bytes=spec.max_body_bytes, admin=admin)
+
+
+def _default_meter() -> Any:
+    try:
+        from kilowatt.meter import EnergyMeter
+    except ImportError:
+        return None
+    try:
+        return EnergyMeter.for_this_process()
+    except Exception:  # no reader on this machine: serve without energy figures
+        return None
+
+
+def run(
+    spec: ServeSpec,
+    *,
+    callbacks: Sequence[ServeCallback] = (),
+    meter: Any = None,
+    admin: bool = False,
+    server: InferenceServer | None = None,
+) -> None:
+    """Serve until SIGTERM or Ctrl-C, then drain: stop accepting, finish in-flight, exit.
+
+    Args:
+        spec: models and server settings.
+        callbacks: deployment hooks (one process only; with several workers they fire once
+            in the parent, when the workers start).
+        meter: energy meter; defaults to ``kilowatt.meter`` for this process.
+        admin: expose the model repository routes (hot reload over HTTP).
+        server: a prepared server (one process only).
+    """
+    import uvicorn
+
+    options = _uvicorn_options(spec)
+    if spec.workers == 1:
+        _set_threads(threads_per_worker(spec))
+        server = server or InferenceServer(
+            spec, callbacks=callbacks, meter=meter if meter is not None else _default_meter()
+        )
+        app = create_app(server, max_body_bytes=spec.max_body_bytes, admin=admin)
+        uvicorn.run(app, **options)
+        return
+    with tempfile.TemporaryDirectory(prefix="kilowatt-metrics-") as metrics_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        os.environ[SPEC_ENV] = spec.model_dump_json()
+        os.environ[_ADMIN_ENV] = "1" if admin else "0"
+        for model in spec.models:
+            for callback in callbacks:
+                callback.on_deploy(DeploymentEvent("loaded", model))
+        uvicorn.run(
+            "kilowatt.serve.runner:worker_app", factory=True, workers=spec.workers, **options
+        )
