@@ -1,0 +1,1 @@
+"""Alembic migrations of the tracking store; ``kilowatt.store`` runs them on open."""

@@ -1,0 +1,97 @@
+"""``Store``: the tracking store over one database and one artifact location."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+import sqlalchemy as sa
+
+from kilowatt.spec.settings import Settings
+from kilowatt.store._engine import create_store_engine, migrate
+from kilowatt.store.artifacts import ArtifactsMixin
+from kilowatt.store.audit import AuditMixin
+from kilowatt.store.datasets import DatasetsMixin
+from kilowatt.store.jobs import JobsMixin
+from kilowatt.store.metrics import MetricsMixin
+from kilowatt.store.registry import RegistryMixin
+from kilowatt.store.tokens import TokensMixin
+
+__all__ = ["Store", "open_store"]
+
+
+class Store(
+    RegistryMixin,
+    DatasetsMixin,
+    ArtifactsMixin,
+    MetricsMixin,
+    AuditMixin,
+    TokensMixin,
+    JobsMixin,
+):
+    """Runs, metrics, artifacts, datasets, models, deployments, lineage, audit, tokens, jobs.
+
+    Open one with ``open_store()``; it is safe to share between threads. Every mutating
+    operation that matters to governance appends an audit event naming ``actor``.
+
+    >>> store = open_store(url="sqlite://")  # doctest: +SKIP
+    >>> run = store.create_run("demo", params={"lr": 0.1})  # doctest: +SKIP
+    """
+
+    def as_actor(self, actor: str) -> Store:
+        """The same store, auditing operations as ``actor`` (e.g. an API token's name)."""
+        return Store(self._engine, artifacts_url=self._artifacts_url, actor=actor)
+
+    @property
+    def engine(self) -> sa.Engine:
+        """The SQLAlchemy engine (for tools and tests that need SQL)."""
+        return self._engine
+
+    def close(self) -> None:
+        """Close the database connections."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def open_store(
+    settings: Settings | None = None,
+    *,
+    url: str | None = None,
+    artifacts_url: str | None = None,
+    actor: str | None = None,
+) -> Store:
+    """Open (creating and migrating as needed) the store named by ``settings``.
+
+    Args:
+        settings: where the store lives and who acts; default ``Settings.from_env()``.
+        url: a SQLAlchemy URL overriding ``settings.store_url``.
+        artifacts_url: an fsspec URL overriding ``settings.artifacts_url``.
+        actor: who the audit log names; default ``settings.user``.
+
+    Raises:
+        StoreError: the database was written by a newer kilowatt, or the URL is invalid.
+
+    >>> store = open_store()  # doctest: +SKIP
+    >>> [run.name for run in store.list_runs("demo")]  # doctest: +SKIP
+    """
+    settings = settings or Settings.from_env()
+    engine = create_store_engine(url or settings.store_url)
+    try:
+        migrate(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return Store(
+        engine,
+        artifacts_url=artifacts_url or settings.artifacts_url,
+        actor=actor or settings.user,
+    )
