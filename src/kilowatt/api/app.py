@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from kilowatt.api.errors import install_error_handlers
 from kilowatt.api.routes import EXTRA_ROUTERS, ROUTERS
+from kilowatt.api.serving_stats import ScrapeCache
 from kilowatt.spec import Settings
 
 __all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "create_app"]
@@ -64,6 +65,7 @@ def create_app(
     app.state.auth_required = auth_required
     app.state.max_upload_bytes = max_upload_bytes
     app.state.registry = registry if registry is not None else CollectorRegistry()
+    app.state.scrape_cache = ScrapeCache()
     install_error_handlers(app)
     _install_request_metrics(app)
     for router in ROUTERS:
@@ -112,11 +114,20 @@ def _install_request_metrics(app: FastAPI) -> None:
             )
         started_s = time.perf_counter()
         response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
+        template = _route_template(request)
         latency.labels(template).observe(time.perf_counter() - started_s)
         requests.labels(request.method, template, str(response.status_code)).inc()
         return response
+
+
+def _route_template(request: Request) -> str:
+    # A label per route template, not per URL: ids in paths would explode the series count.
+    route = request.scope.get("route")
+    path = getattr(route, "path", None)
+    if path is None:
+        return "unmatched"
+    under_api = request.url.path.startswith(API_PREFIX) and not path.startswith(API_PREFIX)
+    return API_PREFIX + path if under_api else path
 
 
 def _mount_dashboard(app: FastAPI) -> None:

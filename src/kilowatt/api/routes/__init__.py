@@ -1,9 +1,9 @@
-"""The API's routers, one module per resource, in the order of the OpenAPI document."""
+"""The API's routers, one module per concept, in the order of the OpenAPI document."""
 
-from kilowatt.api.routes import plans, system
+from kilowatt.api.routes import operations, plans, registry, runs, system
 
-# /metrics sits outside the /api/v1 prefix where Prometheus expects it.
-ROUTERS = (system.router, plans.router)
+ROUTERS = (system.router, runs.router, registry.router, operations.router, plans.router)
+# /metrics sits outside the /api/v1 prefix, where Prometheus looks for it.
 EXTRA_ROUTERS = (system.metrics_router,)
 
 __all__ = ["EXTRA_ROUTERS", "ROUTERS"]
