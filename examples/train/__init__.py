@@ -1,0 +1,1 @@
+"""A tiny training job used by the train examples and tests."""

@@ -1,0 +1,115 @@
+"""Starting data-parallel workers on this machine with torch.distributed.
+
+``spawn_workers`` starts ``workers`` processes, each joining a process group (gloo on CPU,
+NCCL on GPU) and running ``Trainer.fit_rank``; rank 0's result comes back to the caller.
+A SIGTERM/SIGINT to the parent is passed on to the workers, which agree on a step,
+checkpoint and stop together.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import tempfile
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from kilowatt.errors import BackendError
+
+if TYPE_CHECKING:
+    from kilowatt.train.callbacks import FitResult
+    from kilowatt.train.trainer import Trainer
+
+__all__ = ["free_port", "spawn_workers", "worker_main"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for the rendezvous)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def backend_for(device: str) -> str:
+    """NCCL when training on CUDA, gloo otherwise."""
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return "nccl" if cuda else "gloo"
+
+
+def worker_main(rank: int, world_size: int, port: int, trainer: Trainer, result_path: str) -> None:
+    """One worker: join the group on 127.0.0.1:``port``, train, write rank 0's result."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+    )
+    backend = backend_for(trainer.options.device)
+    dist.init_process_group(backend, rank=rank, world_size=world_size)
+    try:
+        result = trainer.fit_rank()
+        if rank == 0:
+            Path(result_path).write_bytes(pickle.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_workers(trainer: Trainer) -> FitResult:
+    """Run ``trainer`` in ``options.workers`` local processes; return rank 0's result.
+
+    Raises:
+        BackendError: a worker failed (its traceback is in the message).
+    """
+    world_size = trainer.options.workers
+    with tempfile.TemporaryDirectory(prefix="kilowatt-workers-") as scratch:
+        result_path = str(Path(scratch) / "result.pkl")
+        args = (world_size, free_port(), trainer, result_path)
+        try:
+            context = mp.start_processes(
+                worker_main, args=args, nprocs=world_size, join=False, start_method="spawn"
+            )
+        except (pickle.PicklingError, AttributeError, TypeError) as exc:
+            raise BackendError(
+                f"cannot send the trainer to worker processes ({exc}); with workers > 1 pass "
+                "module-level functions and picklable objects, not lambdas or closures"
+            ) from None
+        with _forward_signals(context.processes):
+            try:
+                while not context.join():
+                    pass
+            except mp.ProcessRaisedException as exc:
+                raise BackendError(f"a training worker failed:\n{exc}") from None
+            except mp.ProcessExitedException as exc:
+                raise BackendError(f"a training worker died: {exc}") from None
+        return pickle.loads(Path(result_path).read_bytes())
+
+
+class _forward_signals:
+    """Pass SIGTERM/SIGINT on to the workers so they checkpoint together."""
+
+    def __init__(self, processes: list[Any]) -> None:
+        self._processes = processes
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, self._forward)
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _forward(self, signum: int, frame: Any) -> None:
+        for process in self._processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signum)
