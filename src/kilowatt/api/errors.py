@@ -10,6 +10,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kilowatt import errors
 
@@ -58,6 +59,22 @@ async def _kilowatt_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(_body(str(exc), type(exc).__name__), status_code=status, headers=headers)
 
 
+_HTTP_ERROR_NAMES = {
+    401: "Unauthorized",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    413: "PayloadTooLarge",
+}
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    name = _HTTP_ERROR_NAMES.get(exc.status_code, "HTTPError")
+    return JSONResponse(
+        _body(str(exc.detail), name), status_code=exc.status_code, headers=exc.headers
+    )
+
+
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     problems = []
@@ -77,5 +94,6 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     """Register the one mapping from exceptions to responses on ``app``."""
     app.add_exception_handler(errors.KilowattError, _kilowatt_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected)

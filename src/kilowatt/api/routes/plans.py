@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import yaml
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 
 from kilowatt.api.auth import Principal, Role, require
 from kilowatt.errors import SpecError
@@ -26,10 +26,10 @@ _SPEC_BODY = {
 
 
 async def read_limited_body(request: Request) -> bytes:
-    """The request body, refused with a ``SpecError`` past the server's upload limit.
+    """The request body, refused with 413 past the server's upload limit.
 
-    The middleware already refuses a declared oversized ``Content-Length``; this also
-    stops a chunked body that never declared one.
+    The middleware already refuses a declared oversized ``Content-Length`` (413); this
+    also stops a chunked body that never declared one, with the same status.
     """
     limit = request.app.state.max_upload_bytes
     chunks: list[bytes] = []
@@ -37,7 +37,7 @@ async def read_limited_body(request: Request) -> bytes:
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise SpecError(f"request body exceeds the {limit}-byte limit; send a smaller file")
+            raise HTTPException(413, f"request body exceeds the {limit}-byte limit; send less")
         chunks.append(chunk)
     return b"".join(chunks)
 
