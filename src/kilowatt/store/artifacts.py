@@ -121,6 +121,7 @@ class ArtifactsMixin(RunsMixin):
         """
         found = self._find_artifact(run_id, name)
         if found is None:
+            self.get_run(run_id)  # an unknown run is the clearer error
             names = [artifact.name for artifact in self.list_artifacts(run_id)]
             raise NotFound(
                 f"run {run_id} has no artifact {name!r}; it has: {', '.join(names) or 'none'}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from contextlib import closing
 from typing import Any
 
 import sqlalchemy as sa
@@ -118,11 +118,15 @@ class AuditMixin:
         """Walk the whole chain; report the first event that was edited, deleted or moved."""
         count, expected_seq, prev_hash = 0, 1, GENESIS_HASH
         with self._engine.connect() as connection:
-            for row in self._rows(connection):
-                problem = _check(row, expected_seq, prev_hash)
-                if problem is not None:
-                    return VerifyReport(False, count, first_bad_seq=row.seq, reason=problem)
-                count, expected_seq, prev_hash = count + 1, row.seq + 1, row.hash
+            query = sa.select(t.audit_events).order_by(t.audit_events.c.seq)
+            # stream the log (it only grows); closing ends the server-side cursor early
+            result = connection.execution_options(yield_per=2000).execute(query)
+            with closing(result):
+                for row in result:
+                    problem = _check(row, expected_seq, prev_hash)
+                    if problem is not None:
+                        return VerifyReport(False, count, first_bad_seq=row.seq, reason=problem)
+                    count, expected_seq, prev_hash = count + 1, row.seq + 1, row.hash
             head = connection.execute(sa.select(t.audit_head)).first()
         head_seq, head_hash = (head.seq, head.hash) if head else (0, GENESIS_HASH)
         if (head_seq, head_hash) != (expected_seq - 1, prev_hash):
@@ -145,11 +149,6 @@ class AuditMixin:
         if not report.ok:
             raise AuditTampered(f"audit event {report.first_bad_seq}: {report.reason}")
         return report.events
-
-    @staticmethod
-    def _rows(connection: sa.Connection) -> Iterator[Any]:
-        query = sa.select(t.audit_events).order_by(t.audit_events.c.seq)
-        yield from connection.execution_options(yield_per=2000).execute(query)
 
 
 def _check(row: Any, expected_seq: int, prev_hash: str) -> str | None:

@@ -97,11 +97,12 @@ class ActiveRun:
         Values are numbers (Python, numpy or 0-d tensors); NaN and inf are kept as logged.
         """
         now = time.time()
+        values = [(key, _as_float(key, value)) for key, value in metrics.items()]  # all or none
         append, next_step = self._buffer.append, self._next_step
-        for key, value in metrics.items():
+        for key, value in values:
             point_step = next_step.get(key, 0) if step is None else int(step)
             next_step[key] = point_step + 1
-            append((key, point_step, now, _as_float(key, value)))
+            append((key, point_step, now, value))
         if len(self._buffer) >= self._batch_points:
             self._wake.set()
 
