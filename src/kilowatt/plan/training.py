@@ -1,0 +1,338 @@
+"""Cost one training configuration: instance x nodes x parallel layout.
+
+``evaluate`` checks memory and times a step; ``finish`` prices the result in a region
+under every pricing model. Both work on plain dataclasses so the search can cost tens of
+thousands of layouts quickly; only the winners become ``TrainOption`` models.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from kilowatt.catalog import Region
+from kilowatt.plan.compute import training_flops, training_units
+from kilowatt.plan.cost import PriceBook, storage_cost_usd
+from kilowatt.plan.device import Device
+from kilowatt.plan.energy import accelerator_power_w, footprint
+from kilowatt.plan.memory import (
+    BYTES_PER_VALUE,
+    MEMORY_USABLE_FRACTION,
+    StateBytes,
+    activation_bytes,
+    training_state_bytes,
+)
+from kilowatt.plan.network import data_parallel_comm_s, tensor_parallel_comm_s
+from kilowatt.plan.time import (
+    RECOMPUTE_FACTOR,
+    StepTime,
+    checkpoint_overhead_s,
+    exposed_comm_s,
+    pipeline_bubble_fraction,
+    time_with_preemptions_s,
+)
+from kilowatt.spec.plan import PlanSpec
+
+__all__ = ["Candidate", "Finished", "Layout", "TrainContext", "evaluate", "finish", "layouts"]
+
+MfuLookup = Callable[[str, float], tuple[float, str]]
+
+
+@dataclass(frozen=True)
+class TrainContext:
+    """Per-spec figures every configuration shares."""
+
+    spec: PlanSpec
+    flops_total: float
+    steps: int
+    sequences_per_step: float
+    state: StateBytes
+    checkpoint_bytes: float
+    mfu_for: MfuLookup
+
+    @classmethod
+    def of(cls, spec: PlanSpec, mfu_for: MfuLookup) -> TrainContext:
+        train = spec.train
+        assert train is not None
+        model = spec.model
+        units = training_units(model, train)
+        if model.architecture == "generic":
+            per_step, sequences = (
+                float(train.global_batch_samples),
+                float(train.global_batch_samples),
+            )
+        else:
+            assert model.seq_len is not None
+            per_step = float(train.global_batch_tokens)
+            sequences = max(1.0, per_step / model.seq_len)
+        state = training_state_bytes(model.params, train.precision, train.optimizer)
+        full_precision = train.precision in ("fp32", "tf32")
+        return cls(
+            spec=spec,
+            flops_total=training_flops(model, train),
+            steps=max(1, math.ceil(units / per_step)),
+            sequences_per_step=sequences,
+            state=state,
+            # fp32 master weights and optimizer states are what a resume needs.
+            checkpoint_bytes=state.optimizer + (state.weights if full_precision else 0.0),
+            mfu_for=mfu_for,
+        )
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Parallel degrees and sharding of one configuration."""
+
+    dp: int
+    tp: int
+    pp: int
+    zero: int
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A configuration that fits in memory, with its step time."""
+
+    device: Device
+    nodes: int
+    layout: Layout
+    recompute: str
+    precision: str
+    mfu: float
+    mfu_source: str
+    memory: StateBytes
+    activation_bytes: float
+    step: StepTime
+    memory_bound: bool
+
+    @property
+    def accelerators(self) -> int:
+        return self.nodes * self.device.per_node
+
+    @property
+    def memory_total_bytes(self) -> float:
+        return self.memory.total + self.activation_bytes
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A candidate priced in one region, with every pricing model's figures."""
+
+    candidate: Candidate
+    region: Region
+    time_on_demand_s: float
+    time_spot_s: float
+    time_mixed_s: float
+    spot_interval_s: float
+    power_w: float
+    costs: dict[str, float]
+    storage_usd: float
+    egress_usd: float
+    time_s: float
+    cost_usd: float
+    energy_j: float
+    carbon_gco2e: float
+
+
+def layouts(device: Device, nodes: int, ctx: TrainContext) -> Iterator[Layout]:
+    """Every tensor x pipeline x data-parallel x ZeRO layout of ``nodes`` instances."""
+    par, model = ctx.spec.parallelism, ctx.spec.model
+    total = nodes * device.per_node
+    transformer = model.architecture != "generic"
+    tps = _powers_of_two(min(device.per_node, par.max_tensor_parallel)) if transformer else [1]
+    pps = _powers_of_two(min(par.max_pipeline_parallel, model.layers or 1)) if transformer else [1]
+    for tp in tps:
+        if transformer and (model.heads or 1) % tp:
+            continue  # heads split evenly across tensor-parallel ranks
+        for pp in pps:
+            if total % (tp * pp):
+                continue
+            dp = total // (tp * pp)
+            stages = sorted(set(par.zero_stages)) if dp > 1 else [0]
+            for zero in stages:
+                yield Layout(dp=dp, tp=tp, pp=pp, zero=zero)
+
+
+def evaluate(device: Device, nodes: int, layout: Layout, ctx: TrainContext) -> Candidate | str:
+    """Fit and time one configuration; a string says why it was rejected."""
+    spec, train = ctx.spec, ctx.spec.train
+    assert train is not None
+    microbatches = ctx.sequences_per_step / (layout.dp * train.micro_batch)
+    if microbatches < 1:
+        return (
+            f"layout: a global batch of {ctx.sequences_per_step:g} sequences cannot feed "
+            f"{layout.dp} data-parallel ranks x micro_batch {train.micro_batch}"
+        )
+    sharded = ctx.state.sharded(layout.dp, layout.zero, layout.tp * layout.pp)
+    usable = device.memory_bytes * MEMORY_USABLE_FRACTION
+    for mode in _recompute_order(spec):
+        act = activation_bytes(
+            spec.model,
+            train.micro_batch,
+            tp=layout.tp,
+            pp=layout.pp,
+            recompute=mode,
+            precision=train.precision,
+            microbatches_in_flight=math.ceil(microbatches),
+        )
+        if sharded.total + act <= usable:
+            return _timed(device, nodes, layout, mode, sharded, act, microbatches, ctx)
+    return (
+        f"memory: needs {(sharded.total + act) / 2**30:.1f} GiB per accelerator even with "
+        f"{mode} recompute; {device.accelerator.name} has {usable / 2**30:.1f} GiB usable"
+    )
+
+
+def _timed(
+    device: Device,
+    nodes: int,
+    layout: Layout,
+    recompute: str,
+    sharded: StateBytes,
+    act: float,
+    microbatches: float,
+    ctx: TrainContext,
+) -> Candidate:
+    spec, train = ctx.spec, ctx.spec.train
+    assert train is not None
+    acc = device.accelerator
+    precision = acc.compute_precision(train.precision)
+    mfu, source = ctx.mfu_for(acc.name, acc.mfu_default)
+    peak = device.peak_flops(train.precision)
+    attainable = min(peak, _intensity(ctx, layout) * device.bandwidth_bytes_per_s)
+    flops_step = ctx.flops_total / ctx.steps * RECOMPUTE_FACTOR[recompute]
+    compute_s = flops_step / (nodes * device.per_node * attainable * mfu)
+    bubble_s = compute_s * pipeline_bubble_fraction(layout.pp, microbatches)
+    overlap = spec.parallelism.comm_overlap
+    tensor_s = _tensor_comm_s(device, layout, microbatches, ctx) + exposed_comm_s(
+        _pipeline_comm_s(device, layout, microbatches, ctx), compute_s, overlap
+    )
+    data_s = exposed_comm_s(_data_comm_s(device, nodes, layout, ctx), compute_s, overlap)
+    return Candidate(
+        device=device,
+        nodes=nodes,
+        layout=layout,
+        recompute=recompute,
+        precision=precision,
+        mfu=mfu,
+        mfu_source=source,
+        memory=sharded,
+        activation_bytes=act,
+        step=StepTime(compute_s, bubble_s, tensor_s, data_s),
+        memory_bound=attainable < peak,
+    )
+
+
+def _intensity(ctx: TrainContext, layout: Layout) -> float:
+    """FLOPs per byte of the MLP matmul (tokens x h by h x 4h/tp, 16-bit operands)."""
+    model, train = ctx.spec.model, ctx.spec.train
+    assert train is not None
+    if model.architecture == "generic" or not (model.hidden and model.seq_len):
+        return math.inf  # no shape to judge by: assume the kernels are compute-bound
+    t, h, n = train.micro_batch * model.seq_len, model.hidden, 4 * model.hidden / layout.tp
+    return (2.0 * t * h * n) / (2.0 * (t * h + h * n + t * n))
+
+
+def _tensor_comm_s(device: Device, layout: Layout, microbatches: float, ctx: TrainContext) -> float:
+    model, train = ctx.spec.model, ctx.spec.train
+    assert train is not None
+    if layout.tp <= 1 or not (model.seq_len and model.hidden and model.layers):
+        return 0.0
+    act = model.seq_len * train.micro_batch * model.hidden * BYTES_PER_VALUE["bf16"]
+    per_micro = tensor_parallel_comm_s(
+        act, model.layers / layout.pp, layout.tp, device.intra_bytes_per_s
+    )
+    return per_micro * math.ceil(microbatches)
+
+
+def _pipeline_comm_s(
+    device: Device, layout: Layout, microbatches: float, ctx: TrainContext
+) -> float:
+    """Activations forward and their gradients back across each stage boundary."""
+    model, train = ctx.spec.model, ctx.spec.train
+    assert train is not None
+    if layout.pp <= 1 or not (model.seq_len and model.hidden):
+        return 0.0
+    act = model.seq_len * train.micro_batch * model.hidden * BYTES_PER_VALUE["bf16"] / layout.tp
+    if layout.tp * layout.pp <= device.per_node:
+        link = device.intra_bytes_per_s
+    else:  # stages on different nodes share the node's network
+        link = device.instance.network_bytes_per_s / device.per_node
+    return 2.0 * act * math.ceil(microbatches) / link
+
+
+def _data_comm_s(device: Device, nodes: int, layout: Layout, ctx: TrainContext) -> float:
+    grad_bytes = ctx.state.grads / (layout.tp * layout.pp)
+    shard_ranks = layout.tp * layout.pp
+    if shard_ranks <= device.per_node:
+        per_node, dp_nodes = device.per_node // shard_ranks, nodes
+    else:
+        per_node, dp_nodes = 1, layout.dp
+    groups_per_node = max(1, device.per_node // per_node)
+    # Every data-parallel group of the node shares its network interface.
+    network = device.instance.network_bytes_per_s / groups_per_node
+    return data_parallel_comm_s(
+        grad_bytes, layout.zero, per_node, dp_nodes, device.intra_bytes_per_s, network
+    )
+
+
+def finish(candidate: Candidate, region: Region, ctx: TrainContext) -> Finished:
+    """Price ``candidate`` in ``region``: times, costs, energy and carbon per pricing model."""
+    train, limits = ctx.spec.train, ctx.spec.constraints
+    assert train is not None
+    inst, nodes = candidate.device.instance, candidate.nodes
+    work_s = ctx.steps * candidate.step.total_s
+    ckpt_s = ctx.checkpoint_bytes / (nodes * train.checkpoint_write_gb_per_s * 1e9)
+    on_demand_s = work_s + checkpoint_overhead_s(work_s, ckpt_s, train.checkpoint_interval_s)
+    rate = inst.spot_interruptions_per_hour / 3600.0
+    spot_s, interval_s = time_with_preemptions_s(work_s, ckpt_s, nodes * rate, train.restart_s)
+    spot_nodes = (1.0 - limits.mixed_committed_fraction) * nodes
+    mixed_s, _ = time_with_preemptions_s(work_s, ckpt_s, spot_nodes * rate, train.restart_s)
+    mixed_s = max(mixed_s, on_demand_s) if spot_nodes == 0 else mixed_s
+    prices = PriceBook.of(inst)
+    costs = {
+        "on_demand": prices.compute_cost_usd(prices.on_demand, nodes, on_demand_s),
+        "spot": prices.compute_cost_usd(prices.spot, nodes, spot_s),
+        "committed": prices.compute_cost_usd(prices.committed, nodes, on_demand_s),
+        "mixed": prices.compute_cost_usd(
+            prices.mixed(limits.mixed_committed_fraction), nodes, mixed_s
+        ),
+    }
+    basis_s = {"spot": spot_s, "mixed": mixed_s}.get(limits.pricing, on_demand_s)
+    stored_gb = train.dataset_gb + train.checkpoints_kept * ctx.checkpoint_bytes / 1e9
+    storage = storage_cost_usd(stored_gb, basis_s, region) if math.isfinite(basis_s) else math.inf
+    egress = train.egress_gb * region.egress_usd_per_gb
+    device = candidate.device
+    power_w = (
+        candidate.accelerators
+        * accelerator_power_w(device.tdp_w, device.idle_w, candidate.step.busy_fraction)
+        + nodes * inst.host_power
+    )
+    foot = footprint(power_w, basis_s, region)
+    return Finished(
+        candidate=candidate,
+        region=region,
+        time_on_demand_s=on_demand_s,
+        time_spot_s=spot_s,
+        time_mixed_s=mixed_s,
+        spot_interval_s=interval_s,
+        power_w=power_w,
+        costs=costs,
+        storage_usd=storage,
+        egress_usd=egress,
+        time_s=basis_s,
+        cost_usd=costs[limits.pricing] + storage + egress,
+        energy_j=foot.energy_j,
+        carbon_gco2e=foot.carbon_gco2e,
+    )
+
+
+def _recompute_order(spec: PlanSpec) -> list[str]:
+    if spec.model.architecture == "generic":
+        return ["none"]  # no layer structure to recompute by
+    return [m for m in ("none", "selective", "full") if m in spec.parallelism.recompute]
+
+
+def _powers_of_two(limit: int) -> list[int]:
+    return [2**i for i in range(int(math.log2(max(1, limit))) + 1)]
