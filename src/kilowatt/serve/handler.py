@@ -13,7 +13,9 @@ handler classes into handlers:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -107,7 +109,9 @@ class TorchHandler:
 
         module = self._build()
         if isinstance(module, torch.nn.Module):
-            module.eval()
+            # An exported program fixed its train/eval mode at export and refuses eval().
+            with contextlib.suppress(NotImplementedError):
+                module.eval()
         self._module = module
         if self.input_shape is None:
             self.input_shape = _infer_input_shape(module)
@@ -243,7 +247,15 @@ def _builder(fmt: str, path: Path, spec: ModelSpec) -> Callable[[], Any]:
             import torch
 
             try:
-                return torch.jit.load(str(path), map_location="cpu")
+                # TorchScript is deprecated upstream but still how many models ship; a
+                # user serving one has chosen it, so the warning is noise here.
+                with warnings.catch_warnings():
+                    warnings.filterwarnings(
+                        "ignore",
+                        message="`torch.jit.load` is deprecated",
+                        category=DeprecationWarning,
+                    )
+                    return torch.jit.load(str(path), map_location="cpu")
             except RuntimeError as exc:
                 raise ServeError(f"{path}: not a TorchScript file ({exc})") from None
 

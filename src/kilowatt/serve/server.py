@@ -239,18 +239,24 @@ class InferenceServer:
                 del self._routes[name]
         self._retire(engine, spec, timeout_s)
 
-    def _retire(self, engine: ModelEngine, spec: ModelSpec, timeout_s: float = 30.0) -> None:
-        engine.close(timeout_s)
+    def _retire(self, engine: ModelEngine, spec: ModelSpec, timeout_s: float = 30.0) -> bool:
+        drained = engine.close(timeout_s)
         answered = self._answered.get((engine.name, engine.version), 0)
         self._notify("on_undeploy", DeploymentEvent("unloaded", spec, requests=answered))
+        return drained
 
     def close(self, timeout_s: float = 30.0) -> bool:
         """Refuse new requests, finish queued ones, stop every engine; True if all drained."""
         self.draining = True
         self.ready = False
         with self._lock:
-            engines = [e for route in self._routes.values() for e in route.engines.values()]
-        return all([engine.close(timeout_s) for engine in engines])
+            routes = list(self._routes.values())
+            self._routes = {}
+        drained = True
+        for route in routes:
+            for version, engine in route.engines.items():
+                drained = self._retire(engine, route.specs[version], timeout_s) and drained
+        return drained
 
     def _notify(self, hook: str, event: DeploymentEvent) -> None:
         for callback in self.callbacks:
@@ -303,6 +309,8 @@ class InferenceServer:
         Raises:
             UnknownModel, InvalidInput, Overloaded, RequestTimeout, ServeError.
         """
+        if self.draining:
+            raise EngineClosed("the server is shutting down; retry on another replica", 1.0)
         arrival_s = time.monotonic() if arrival_s is None else arrival_s
         budget_s = self.spec.slo.latency_s if deadline_s is None else deadline_s
         deadline = arrival_s + min(budget_s, self.spec.slo.timeout_s)
