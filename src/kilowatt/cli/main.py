@@ -35,9 +35,9 @@ def _root() -> None:
 
 def _register_commands() -> None:
     # Each module adds its commands to ``app``; the order is the order of ``--help``.
-    from kilowatt.cli import serve_cmd, ui_cmd, version_cmd
+    from kilowatt.cli import catalog_cmd, plan_cmd, serve_cmd, train_cmd, ui_cmd, version_cmd
 
-    for module in (version_cmd, ui_cmd, serve_cmd):
+    for module in (version_cmd, ui_cmd, serve_cmd, train_cmd, plan_cmd, catalog_cmd):
         module.register(app)
 
 

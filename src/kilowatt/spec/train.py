@@ -167,6 +167,7 @@ class TrainSpec(TrainOptions):
         name: the job's name (names the run and the default checkpoint folder).
         project: the tracking project.
         tags: free-form tags recorded on the run.
+        model_class: the planner's calibration key (``transformer``, ``cnn``, ``generic``).
         instance: catalog instance for price and power figures.
         region: catalog region for grid intensity and PUE.
         price_usd_per_hour: overrides the catalog price.
@@ -184,6 +185,7 @@ class TrainSpec(TrainOptions):
     loss: str | None = None
     training_step: str | None = None
     scheduler: str | None = None
+    model_class: str = "generic"
     instance: str = "local-cpu"
     region: str = "local"
     price_usd_per_hour: float | None = Field(default=None, ge=0)
