@@ -1,0 +1,202 @@
+"""The server around the API: /metrics, no stack traces, the bind rule, the CLI, HTTPS."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from api_live import LiveApi, serve_in_thread
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from prometheus_client import CollectorRegistry
+
+from kilowatt.api import check_bind, create_app
+from kilowatt.api.auth import is_loopback
+from kilowatt.cli.main import main
+from kilowatt.errors import SpecError
+from kilowatt.spec import Settings
+from kilowatt.store import Store
+
+
+def test_metrics_endpoint_counts_requests_by_route(live_api: LiveApi) -> None:
+    with live_api.client() as client:
+        client.get("/api/v1/runs")
+        client.get("/api/v1/runs/abcdef123456")
+        text = client.get("/metrics").text
+    assert 'kilowatt_api_requests_total{method="GET",route="/api/v1/runs",status="200"} 1.0' in text
+    assert (
+        'kilowatt_api_requests_total{method="GET",route="/api/v1/runs/{run_id}",status="404"} 1.0'
+        in text
+    )
+
+
+def test_audit_verify_reports_an_intact_chain(live_api: LiveApi, store: Store) -> None:
+    store.create_run("p")
+    with live_api.client() as client:
+        verdict = client.get("/api/v1/audit/verify").json()
+    assert verdict["ok"] is True
+    assert verdict["message"] == "audit log intact: 2 events verified"  # project + run
+
+
+class _BrokenStore:
+    """A store whose reads fail the way a bug would: not a KilowattError."""
+
+    def has_active_tokens(self) -> bool:
+        return False
+
+    def list_projects(self) -> list[object]:
+        raise RuntimeError("secret internal detail")
+
+
+def test_unexpected_errors_are_500_without_a_stack_trace() -> None:
+    app = create_app(Settings.from_env(), _BrokenStore(), registry=CollectorRegistry())
+    server, thread, port = serve_in_thread(app)
+    try:
+        response = httpx.get(f"http://127.0.0.1:{port}/api/v1/projects")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    assert response.status_code == 500
+    assert response.json() == {
+        "detail": "internal error; see the server log",
+        "error": "InternalError",
+    }
+    assert "secret internal detail" not in response.text
+
+
+@pytest.mark.parametrize(
+    ("host", "has_tokens", "auth_required"),
+    [
+        ("127.0.0.1", False, False),  # the default: local callers only, no token needed
+        ("::1", False, False),  # IPv6 loopback counts as local
+        ("0.0.0.0", True, True),  # a shared server demands a token on every request
+    ],
+)
+def test_bind_rule(host: str, has_tokens: bool, auth_required: bool) -> None:
+    assert check_bind(host, has_tokens=has_tokens).auth_required is auth_required
+
+
+def test_binding_a_public_address_without_a_token_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SpecError, match=re.escape("refusing to bind '0.0.0.0' with no API token")):
+        check_bind("0.0.0.0", has_tokens=False)
+    assert main(["ui", "--host", "0.0.0.0", "--port", "0"]) == 1
+    assert "kilowatt token create" in capsys.readouterr().err
+
+
+def test_only_loopback_clients_count_as_local() -> None:
+    # In local mode (no token) a request from any other address gets 401.
+    assert is_loopback("127.0.0.1")
+    assert is_loopback("::1")
+    assert not is_loopback("10.1.2.3")
+    assert not is_loopback(None)
+
+
+def test_token_commands_create_list_revoke(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["token", "create", "ci", "--role", "operator"]) == 0
+    created = capsys.readouterr().out
+    secret = created.strip().splitlines()[-1]
+    token_id = created.split()[2]
+    assert secret.startswith("kw_")
+    assert main(["token", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert token_id in listed and "operator" in listed and "active" in listed
+    assert secret not in listed
+    assert main(["token", "revoke", token_id]) == 0
+    assert main(["token", "list"]) == 0
+    assert "revoked" in capsys.readouterr().out
+    assert main(["token", "create", "x", "--role", "root"]) == 1
+    assert "unknown role 'root'; use one of: viewer, operator, admin" in capsys.readouterr().err
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_kilowatt_ui_serves_https_and_prints_the_url(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    port = _free_port()
+    command = [
+        sys.executable, "-m", "kilowatt.cli.main", "ui", "--port", str(port),
+        "--tls-cert", str(cert), "--tls-key", str(key),
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy()
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout or []), daemon=True)
+    reader.start()
+    try:
+        health = _wait_healthy(f"https://127.0.0.1:{port}/api/v1/health", cert, process)
+        page = httpx.get(f"https://127.0.0.1:{port}/", verify=_context(cert))
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+        reader.join(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
+    assert health == {"status": "ok", "auth": "local"}
+    assert "uPlot.iife.min.js" in page.text
+    output = "".join(lines)
+    assert f"kilowatt dashboard: https://127.0.0.1:{port}/" in output
+    assert "no API token configured: serving local callers on 127.0.0.1 only" in output
+
+
+def _context(cert: Path) -> object:
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False  # the certificate names an IP, not a host name
+    return context
+
+
+def _wait_healthy(url: str, cert: Path, process: subprocess.Popen[str]) -> object:
+    deadline = 600  # 600 x 0.1 s probes; each failed connect returns at once
+    for _ in range(deadline):
+        if process.poll() is not None:
+            raise AssertionError(f"kilowatt ui exited with {process.returncode}")
+        try:
+            return httpx.get(url, verify=_context(cert), timeout=1.0).json()
+        except httpx.TransportError:
+            threading.Event().wait(0.1)
+    raise AssertionError(f"{url} never answered")
