@@ -35,9 +35,29 @@ def _root() -> None:
 
 def _register_commands() -> None:
     # Each module adds its commands to ``app``; the order is the order of ``--help``.
-    from kilowatt.cli import catalog_cmd, plan_cmd, serve_cmd, train_cmd, ui_cmd, version_cmd
+    from kilowatt.cli import (
+        catalog_cmd,
+        models_cmd,
+        plan_cmd,
+        runs_cmd,
+        serve_cmd,
+        store_cmd,
+        train_cmd,
+        ui_cmd,
+        version_cmd,
+    )
 
-    for module in (version_cmd, ui_cmd, serve_cmd, train_cmd, plan_cmd, catalog_cmd):
+    for module in (
+        version_cmd,
+        ui_cmd,
+        serve_cmd,
+        train_cmd,
+        plan_cmd,
+        catalog_cmd,
+        runs_cmd,
+        models_cmd,
+        store_cmd,
+    ):
         module.register(app)
 
 
