@@ -55,6 +55,7 @@ class Accelerator(Spec):
         interconnect: name of the intra-node link (``nvlink4``, ``pcie4``, ``ici``, ...).
         interconnect_gb_per_s: per-accelerator intra-node bandwidth, 1e9 bytes/s, both ways.
         mfu_default: fraction of bf16/fp16 peak a well-tuned training job sustains.
+        trains: whether the part is used for training (inference-only parts say false).
         source: where the figures come from.
         as_of: date the figures were read.
     """
@@ -70,6 +71,7 @@ class Accelerator(Spec):
     interconnect: str
     interconnect_gb_per_s: float = Field(gt=0)
     mfu_default: float = Field(default=0.4, gt=0, le=1)
+    trains: bool = True
     source: str = Field(min_length=1)
     as_of: dt.date
 

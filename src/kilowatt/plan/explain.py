@@ -6,7 +6,12 @@ from kilowatt.plan.memory import MEMORY_USABLE_FRACTION
 from kilowatt.plan.training import Candidate, Finished
 from kilowatt.units import j_to_kwh
 
-__all__ = ["duration", "money", "train_verdict"]
+__all__ = ["describe_train", "duration", "figure", "money", "train_verdict"]
+
+
+def figure(value: float) -> str:
+    """Thousands separators for large figures, three significant digits for small ones."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
 def duration(seconds: float) -> str:
@@ -63,7 +68,12 @@ def describe_train(f: Finished, pricing: str) -> str:
     layout = f"DP{lay.dp} x TP{lay.tp} x PP{lay.pp}, ZeRO-{lay.zero}, {c.recompute} recompute"
     return (
         f"{c.accelerators} x {c.device.accelerator.name} on {c.nodes} x {c.device.instance.name} "
-        f"({c.device.instance.cloud} {f.region.name}; {layout}): {duration(f.time_s)}, "
-        f"{money(f.cost_usd)} {pricing.replace('_', '-')}, {j_to_kwh(f.energy_j):,.0f} kWh, "
-        f"{f.carbon_gco2e / 1000:,.1f} kg CO2e"
+        f"({_where(c.device.instance.cloud, f.region.name)}; {layout}): {duration(f.time_s)}, "
+        f"{money(f.cost_usd)} {pricing.replace('_', '-')} incl. storage and egress, "
+        f"{figure(j_to_kwh(f.energy_j))} kWh, "
+        f"{figure(f.carbon_gco2e / 1000)} kg CO2e"
     )
+
+
+def _where(cloud: str, region: str) -> str:
+    return region if cloud == region else f"{cloud} {region}"

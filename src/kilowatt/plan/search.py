@@ -70,6 +70,13 @@ def _fleets(
     cap = spec.constraints.max_accelerators or DEFAULT_MAX_ACCELERATORS
     for inst, regions in allowed_instances(spec, catalog):
         device = Device.of(inst, catalog)
+        if not device.accelerator.trains:
+            rejections.add(
+                f"{inst.name}",
+                f"inference-only: {device.accelerator.name} is not used for training",
+                times=len(regions),
+            )
+            continue
         if device.per_node > cap:
             rejections.add(
                 f"1 x {inst.name}",
@@ -268,6 +275,8 @@ def _memory_sentence(devices: dict[str, float], replica_bytes: float) -> str:
     )
     smallest_gib = fits[0][0] / MEMORY_USABLE_FRACTION / _GIB
     names = ", ".join(n for _, n in fits)
+    if not small:
+        return f"{head}: it fits whole on {names}."
     return f"{head}: it fits whole only on parts of {smallest_gib:.0f} GiB or more ({names}){tail}."
 
 

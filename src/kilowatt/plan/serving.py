@@ -14,7 +14,7 @@ from kilowatt.plan.common import OBJECTIVES, Rejections, allowed_instances, obje
 from kilowatt.plan.cost import HOURS_PER_MONTH, PriceBook
 from kilowatt.plan.device import Device
 from kilowatt.plan.energy import accelerator_power_w, footprint
-from kilowatt.plan.explain import money
+from kilowatt.plan.explain import figure, money
 from kilowatt.plan.inference import ServeEstimate, estimate_replica, replicas_needed
 from kilowatt.plan.memory import MEMORY_USABLE_FRACTION, kv_cache_bytes_per_token
 from kilowatt.plan.result import CostBreakdown, MemoryBreakdown, PlanResult, ServeOption
@@ -209,7 +209,7 @@ def _result(
         f"{top.instance} ({top.cloud} {top.region}), "
         f"batch {top.batch}: p99 {top.latency_p99_s:.2f} s, {money(top.cost_usd)} per month "
         f"({money(top.cost_usd_per_million_tokens)} per million output tokens), "
-        f"{top.energy_j_per_request:,.0f} J and {top.carbon_gco2e_per_request:.2f} gCO2e "
+        f"{figure(top.energy_j_per_request)} J and {figure(top.carbon_gco2e_per_request)} gCO2e "
         f"per request.",
         f"Bottleneck: {top.verdict}.",
         f"Memory: weights {top.memory.weights_gib * top.accelerators_per_replica:.1f} GiB; "
