@@ -63,6 +63,10 @@ class ServeMetrics:
             "kilowatt_serve_queue_depth", "Requests waiting for a batch.",
             _MV, registry=reg, multiprocess_mode="livesum",
         )  # fmt: skip
+        self.in_flight = Gauge(
+            "kilowatt_serve_in_flight_requests", "Requests admitted and not yet answered.",
+            ("model",), registry=reg, multiprocess_mode="livesum",
+        )  # fmt: skip
         self.shed = Counter(
             "kilowatt_serve_shed_requests", "Requests refused by admission control.",
             ("model", "reason"), registry=reg,

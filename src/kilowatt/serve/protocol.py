@@ -136,7 +136,8 @@ def _tensor_rows(
                 f"binary_data_size {size} does not match shape {shape} of {dtype.name} "
                 f"({count * dtype.itemsize} bytes) or the {len(tail)} bytes sent"
             )
-        return np.frombuffer(tail[:size], dtype=dtype).reshape(shape)
+        # A private, writable copy: torch refuses to wrap read-only buffers safely.
+        return np.frombuffer(tail[:size], dtype=dtype).reshape(shape).copy()
     if "data" not in tensor:
         raise InvalidInput('the input tensor has no "data" (nor binary_data_size)')
     flat = _array(tensor["data"], dtype, '"data"').reshape(-1)

@@ -344,12 +344,16 @@ class InferenceServer:
                 return InferResult(hit, engine.name, engine.version, cached=True)
             self.metrics.cache_misses.labels(engine.name, engine.version).inc()
         served = self._start_shadows(route, rows, deadline)
+        in_flight = self.metrics.in_flight.labels(engine.name)
+        in_flight.inc()
         try:
             outputs = await self._await_with_retry(engine, rows, deadline, version, key)
         except BaseException:
             if served is not None:
                 served.cancel()
             raise
+        finally:
+            in_flight.dec()
         if served is not None:
             served.set_result(outputs)
         if cache_id is not None:

@@ -1,0 +1,157 @@
+"""Helpers of the serving tests: in-process uvicorn on port 0, `kilowatt serve` processes,
+small models and a gated fake model."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from kilowatt.serve import InferenceServer, ServeMetrics, create_app
+from kilowatt.spec import ModelSpec, ServeSpec
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def small_mlp() -> torch.nn.Module:
+    """The reference MLP's shape, shrunk so tests stay fast."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)
+    ).eval()
+
+
+def save_torchscript(module: torch.nn.Module, path: Path) -> Path:
+    with warnings.catch_warnings():  # deprecated upstream, still a format users ship
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(module).save(str(path))
+    return path
+
+
+class Gate:
+    """A handler factory whose models block each batch, once armed, until the gate opens.
+
+    ``source: scale:K`` makes a model that multiplies its input by K.
+    """
+
+    def __init__(self) -> None:
+        self.armed = False  # warm-up passes run before the test arms the gate
+        self.open = threading.Event()
+        self.started = threading.Event()
+        self.batches: list[int] = []
+
+    def __call__(self, spec: ModelSpec) -> Any:
+        return _GatedHandler(self, float(spec.source.removeprefix("scale:")))
+
+
+class _GatedHandler:
+    input_shape = (2,)
+    input_dtype = "FP32"
+
+    def __init__(self, gate: Gate, factor: float) -> None:
+        self.gate, self.factor = gate, factor
+
+    def load(self) -> None:
+        pass
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        if self.gate.armed:
+            self.gate.batches.append(len(batch))
+            self.gate.started.set()
+            assert self.gate.open.wait(30)
+        return batch * self.factor
+
+
+@contextmanager
+def running(server: InferenceServer, **app_options: Any) -> Iterator[str]:
+    """Serve ``server`` on 127.0.0.1:<free port> in this process; yield its base URL."""
+    app = create_app(server, **app_options)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    web = uvicorn.Server(config)
+    thread = threading.Thread(target=web.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not web.started:  # set once the socket listens and the models are loaded
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.01)
+        port = web.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        web.should_exit = True
+        thread.join(30)
+
+
+def make_server(
+    *models: ModelSpec, factory: Callable[[ModelSpec], Any] | None = None, **settings: Any
+) -> InferenceServer:
+    spec = ServeSpec(models=list(models), **settings)
+    options: dict[str, Any] = {"metrics": ServeMetrics(CollectorRegistry())}
+    if factory is not None:
+        options["handler_factory"] = factory
+    return InferenceServer(spec, **options)
+
+
+def metric(server: InferenceServer, name: str, **labels: str) -> float:
+    return server.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def serve_process(
+    args: list[str], env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Run ``kilowatt serve ARGS --port P`` and yield (base URL, process) once ready."""
+    port = free_port()
+    command = [sys.executable, "-m", "kilowatt.cli.main", "serve", *args, "--port", str(port)]
+    process = subprocess.Popen(
+        command, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stdout.read().decode() if process.stdout else ""
+            raise RuntimeError(f"kilowatt serve exited with {process.returncode}:\n{output}")
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)  # polling the health probe, not waiting for a guess
+    raise RuntimeError(f"{url} was not ready within {timeout_s} s")
