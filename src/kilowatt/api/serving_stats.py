@@ -32,6 +32,12 @@ class DeploymentStats:
     throughput_rps: float | None
     window_s: float | None
     source: str
+    error: str | None = None
+
+    @classmethod
+    def unavailable(cls, source: str, error: str) -> DeploymentStats:
+        """Stats that could not be read, and why."""
+        return cls(None, None, None, 0.0, None, None, source, error)
 
 
 def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
@@ -79,11 +85,16 @@ class ScrapeCache:
         self._last: dict[int, tuple[float, float]] = {}
 
     def stats(self, deployment_id: int, endpoint: str, created_at: float) -> DeploymentStats:
-        """Scrape ``endpoint``/metrics and summarise it; raises ``httpx.HTTPError`` on failure."""
+        """Scrape ``endpoint``/metrics and summarise it (``error`` says why it could not)."""
         url = endpoint.rstrip("/") + "/metrics"
-        response = httpx.get(url, timeout=SCRAPE_TIMEOUT_S)
-        response.raise_for_status()
-        buckets, requests = parse_serving_metrics(response.text)
+        if not url.startswith(("http://", "https://")):
+            return DeploymentStats.unavailable(url, "the endpoint is not an http(s) URL")
+        try:
+            response = httpx.get(url, timeout=SCRAPE_TIMEOUT_S)
+            response.raise_for_status()
+            buckets, requests = parse_serving_metrics(response.text)
+        except (httpx.HTTPError, ValueError) as exc:
+            return DeploymentStats.unavailable(url, f"cannot read {url}: {exc}")
         now = time.time()
         with self._lock:
             before = self._last.get(deployment_id)

@@ -210,10 +210,9 @@ def lineage(
     store = store_of(request)
     if kind == "run":
         node_id = store.get_run(node_id).id
-    graph = store.lineage_of((kind, node_id))
-    if len(graph.edges) == 0 and kind != "run":
+    else:
         _check_exists(store, kind, node_id)
-    return lineage_out(graph)
+    return lineage_out(store.lineage_of((kind, node_id)))
 
 
 def _check_exists(store: Any, kind: str, node_id: str) -> None:
