@@ -50,7 +50,11 @@ class _Table(Generic[EntryT]):
         entry = self._entries.get(name) or self._entries.get(name.lower())
         if entry is not None:
             return entry
-        close = difflib.get_close_matches(name.lower(), list(self._entries), n=3, cutoff=0.5)
+        key = name.lower()
+        # Names that extend what was typed ("h100" -> "h100-sxm") first, then look-alikes.
+        close = [n for n in self._entries if n.lower().startswith(key)]
+        close += difflib.get_close_matches(key, list(self._entries), n=3, cutoff=0.5)
+        close = list(dict.fromkeys(close))[:3]
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise CatalogLookupError(
             f"unknown {self._kind} {name!r}.{hint} "

@@ -107,7 +107,7 @@ class Rejections:
         return sum(self.counts.values())
 
     def example_list(self) -> list[Rejection]:
-        return [r for reason in sorted(self.examples) for r in self.examples[reason]]
+        return [r for reason, _ in self.counts.most_common() for r in self.examples[reason]]
 
     def summary(self) -> str:
         """``"120 by deadline, 40 by memory"``, most frequent first."""
