@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
 
 import yaml
 from fastapi import APIRouter, HTTPException, Request
+from starlette.concurrency import run_in_threadpool
 
 from kilowatt.api.auth import Principal, Role, require
 from kilowatt.errors import SpecError
 
-__all__ = ["read_limited_body", "router", "to_jsonable"]
+__all__ = ["read_limited_body", "router"]
 
 router = APIRouter(tags=["plans"])
 
@@ -53,21 +53,20 @@ def _parse_spec(body: bytes, content_type: str) -> dict[str, Any]:
     return data
 
 
-def to_jsonable(value: Any) -> Any:
-    """Pydantic models, dataclasses, enums and containers as plain JSON values."""
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
-    if hasattr(value, "value") and hasattr(value, "name"):  # an Enum
-        return value.value
-    if isinstance(value, float) and value != value:  # NaN is not JSON
-        return None
-    return value
+def _label(option: Any) -> str:
+    return f"{option.instance} · {option.accelerators}× {option.accelerator} · {option.region}"
+
+
+def _candidate(option: Any) -> dict[str, Any]:
+    return {
+        "label": _label(option),
+        "time_s": option.time_s,
+        "cost_usd": option.cost_usd,
+        "energy_j": option.energy_j,
+        "carbon_gco2e": option.carbon_gco2e,
+        "bottleneck": option.bottleneck,
+        "verdict": option.verdict,
+    }
 
 
 @router.post(
@@ -80,10 +79,19 @@ async def submit_plan(request: Request, _: Principal = require(Role.viewer)) -> 
     """Estimate time, cost, energy and carbon of every fitting configuration, ranked.
 
     Send the spec as JSON or as YAML (``Content-Type: application/yaml``). Planning reads
-    the catalog only; nothing is written, so viewers may plan.
+    the catalog only and stores nothing, so viewers may plan. ``candidates`` is the ranked
+    summary the dashboard draws; ``result`` is the planner's full answer.
     """
     from kilowatt.plan import plan
 
     body = await read_limited_body(request)
     spec = _parse_spec(body, request.headers.get("content-type", ""))
-    return {"plan": to_jsonable(plan(spec))}
+    result = await run_in_threadpool(plan, spec)  # the search is CPU-bound: off the loop
+    return {
+        "kind": result.kind,
+        "objective": result.objective,
+        "recommended": _label(result.recommendation),
+        "candidates": [_candidate(option) for option in result.plans],
+        "notes": list(result.explanation),
+        "result": result.model_dump(mode="json"),
+    }
