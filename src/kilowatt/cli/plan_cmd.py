@@ -60,6 +60,8 @@ def render_plan(result: PlanResult) -> None:
     from rich.console import Console
 
     console = Console(soft_wrap=False)
+    if not console.is_terminal:  # files and pipes get the whole table, not an 80-column squeeze
+        console = Console(soft_wrap=False, width=200)
     table = _train_table(result) if result.kind == "train" else _serve_table(result)
     console.print(table)
     for line in result.explanation:

@@ -25,7 +25,7 @@ class Prediction(BaseModel):
     carbon_gco2e: float
     mfu: float
     mfu_source: str
-    """``argument``, ``calibration`` or ``default`` (the catalog's figure)."""
+    """``argument``, ``calibration`` or ``catalog default``."""
     power_w: float
     method: str = "planned"
 
