@@ -37,6 +37,7 @@ def _register_commands() -> None:
     # Each module adds its commands to ``app``; the order is the order of ``--help``.
     from kilowatt.cli import (
         catalog_cmd,
+        jobs_cmd,
         models_cmd,
         plan_cmd,
         runs_cmd,
@@ -57,6 +58,7 @@ def _register_commands() -> None:
         runs_cmd,
         models_cmd,
         store_cmd,
+        jobs_cmd,
     ):
         module.register(app)
 

@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from kilowatt.spec.backend import BackendSpec
 from kilowatt.spec.base import Spec
 
 __all__ = ["BatchingSpec", "ModelSpec", "ServeSLO", "ServeSpec"]
@@ -101,6 +102,7 @@ class ServeSpec(Spec):
         threads_per_worker: torch CPU threads per process; ``None`` shares the cores.
         max_body_bytes: larger request bodies get 413.
         drain_timeout_s: on SIGTERM, how long in-flight requests may take to finish.
+        backend: where it runs (``local`` or ``ray``, with Ray Serve autoscaling options).
     """
 
     models: list[ModelSpec] = Field(min_length=1)
@@ -113,6 +115,7 @@ class ServeSpec(Spec):
     threads_per_worker: int | None = Field(None, ge=1)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     drain_timeout_s: float = Field(30.0, gt=0.0)
+    backend: BackendSpec = BackendSpec()
 
     @model_validator(mode="after")
     def _versions_unique(self) -> ServeSpec:

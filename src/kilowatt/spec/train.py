@@ -19,6 +19,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from kilowatt.spec.backend import BackendSpec
 from kilowatt.spec.base import Spec
 
 __all__ = [
@@ -172,6 +173,7 @@ class TrainSpec(TrainOptions):
         region: catalog region for grid intensity and PUE.
         price_usd_per_hour: overrides the catalog price.
         metrics_port: serve Prometheus metrics on 127.0.0.1:PORT while running (0 = any).
+        backend: where it runs (``local`` or ``ray``) and its queue and Ray options.
     """
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
@@ -190,6 +192,7 @@ class TrainSpec(TrainOptions):
     region: str = "local"
     price_usd_per_hour: float | None = Field(default=None, ge=0)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    backend: BackendSpec = BackendSpec()
 
     @field_validator(
         "model",

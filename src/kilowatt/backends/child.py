@@ -1,0 +1,86 @@
+"""The process a queued training or serving job runs in: ``python -m kilowatt.backends.child
+JOB.json``.
+
+The worker writes ``JOB.json`` (the job request, its run id and the accountant's prices)
+and reads the outcome from the exit code: 0 done, 75 (``EXIT_PREEMPTED``) checkpointed
+after SIGTERM, anything else failed. Events go to the job's run through the store-backed
+recorder, so metrics of every attempt land in one run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kilowatt.backends.base import JobRequest
+
+__all__ = ["main", "write_job_file"]
+
+
+def write_job_file(
+    path: Path, job: JobRequest, run_id: str | None, prices: dict[str, Any] | None
+) -> Path:
+    """Write what ``main`` needs to run ``job`` (``prices``: ``Accountant`` arguments)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {"job": job.to_dict(), "run_id": run_id, "prices": prices}
+    path.write_text(json.dumps(document, indent=2))
+    return path
+
+
+def _train(job: JobRequest, run_id: str | None, prices: dict[str, Any] | None) -> int:
+    from kilowatt.backends.recorder import StoreRecorder
+    from kilowatt.meter import Accountant
+    from kilowatt.spec import TrainSpec
+    from kilowatt.train import EXIT_PREEMPTED
+    from kilowatt.train.entry import build_trainer
+
+    spec = TrainSpec.model_validate(job.spec)
+    callbacks = [StoreRecorder(run_id)] if run_id else []
+    accountant = Accountant(**prices) if prices else None
+    trainer = build_trainer(spec, callbacks=callbacks, accountant=accountant, progress=False)
+    result = trainer.fit()
+    print(
+        f"kilowatt: trained steps {result.start_step}..{result.steps} in "
+        f"{result.duration_s:.2f} s, final loss {result.final_loss}",
+        flush=True,
+    )
+    return EXIT_PREEMPTED if result.preempted else 0
+
+
+def _serve(job: JobRequest) -> int:
+    from kilowatt.serve.runner import run
+    from kilowatt.spec import ServeSpec
+
+    run(ServeSpec.model_validate(job.spec))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the job described by ``argv[0]`` and return the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m kilowatt.backends.child JOB.json", file=sys.stderr)
+        return 2
+    document = json.loads(Path(args[0]).read_text())
+    job = JobRequest.from_dict(document["job"])
+    if job.workdir not in sys.path:
+        sys.path.insert(0, job.workdir)  # the user's entry points live next to the spec
+    try:
+        if job.kind == "train":
+            return _train(job, document.get("run_id"), document.get("prices"))
+        if job.kind == "serve":
+            return _serve(job)
+        print(f"kilowatt: job kind {job.kind!r} does not run in a child", file=sys.stderr)
+        return 2
+    except Exception:  # the log is the user's only view of the failure: print it all
+        traceback.print_exc()
+        sys.stderr.flush()
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
