@@ -4,6 +4,7 @@ subprocess: tables, JSON, and the errors users see for bad specs."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -109,8 +110,6 @@ def test_invalid_specs_fail_with_a_clear_message(
     assert rc == 1
     assert "Traceback" not in err
     assert err.startswith("error:")
-    import re
-
     assert re.search(message, " ".join(err.split()), re.DOTALL), err
 
 

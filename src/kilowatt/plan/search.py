@@ -46,19 +46,17 @@ def plan_training(spec: PlanSpec, catalog: Catalog, calibration: Calibration) ->
             if isinstance(outcome, str):
                 rejections.add(label, outcome, times=len(regions))
                 continue
-            for region in regions:
-                done = finish(outcome, region, ctx)
+            for done in finish(outcome, regions, ctx):
                 problem = _violation(done, spec)
                 if problem:
-                    rejections.add(f"{label} in {region.name}", problem)
+                    rejections.add(f"{label} in {done.region.name}", problem)
                 else:
                     priced.append(done)
     if not priced:
         raise PlanInfeasible(_infeasible_message(spec, rejections, evaluated))
     devices = {
-        Device.of(inst, catalog).accelerator.name: Device.of(inst, catalog).memory_bytes
-        * MEMORY_USABLE_FRACTION
-        for inst, _ in allowed_instances(spec, catalog)
+        device.accelerator.name: device.memory_bytes * MEMORY_USABLE_FRACTION
+        for device in (Device.of(inst, catalog) for inst, _ in allowed_instances(spec, catalog))
     }
     elapsed_s = time.perf_counter() - started
     return _result(spec, ctx, priced, rejections, evaluated, elapsed_s, devices)

@@ -50,6 +50,7 @@ class TrainContext:
     state: StateBytes
     checkpoint_bytes: float
     mfu_for: MfuLookup
+    recompute_modes: tuple[str, ...]
 
     @classmethod
     def of(cls, spec: PlanSpec, mfu_for: MfuLookup) -> TrainContext:
@@ -77,6 +78,7 @@ class TrainContext:
             # fp32 master weights and optimizer states are what a resume needs.
             checkpoint_bytes=state.optimizer + (state.weights if full_precision else 0.0),
             mfu_for=mfu_for,
+            recompute_modes=_recompute_order(spec),
         )
 
 
@@ -166,7 +168,7 @@ def evaluate(device: Device, nodes: int, layout: Layout, ctx: TrainContext) -> C
         )
     sharded = ctx.state.sharded(layout.dp, layout.zero, layout.tp * layout.pp)
     usable = device.memory_bytes * MEMORY_USABLE_FRACTION
-    for mode in _recompute_order(spec):
+    for mode in ctx.recompute_modes:
         act = activation_bytes(
             spec.model,
             train.micro_batch,
@@ -277,8 +279,8 @@ def _data_comm_s(device: Device, nodes: int, layout: Layout, ctx: TrainContext) 
     )
 
 
-def finish(candidate: Candidate, region: Region, ctx: TrainContext) -> Finished:
-    """Price ``candidate`` in ``region``: times, costs, energy and carbon per pricing model."""
+def finish(candidate: Candidate, regions: list[Region], ctx: TrainContext) -> list[Finished]:
+    """Price ``candidate`` in each of ``regions``: times, costs, energy and carbon."""
     train, limits = ctx.spec.train, ctx.spec.constraints
     assert train is not None
     inst, nodes = candidate.device.instance, candidate.nodes
@@ -301,37 +303,43 @@ def finish(candidate: Candidate, region: Region, ctx: TrainContext) -> Finished:
     }
     basis_s = {"spot": spot_s, "mixed": mixed_s}.get(limits.pricing, on_demand_s)
     stored_gb = train.dataset_gb + train.checkpoints_kept * ctx.checkpoint_bytes / 1e9
-    storage = storage_cost_usd(stored_gb, basis_s, region) if math.isfinite(basis_s) else math.inf
-    egress = train.egress_gb * region.egress_usd_per_gb
     device = candidate.device
     power_w = (
         candidate.accelerators
         * accelerator_power_w(device.tdp_w, device.idle_w, candidate.step.busy_fraction)
         + nodes * inst.host_power
     )
-    foot = footprint(power_w, basis_s, region)
-    return Finished(
-        candidate=candidate,
-        region=region,
-        time_on_demand_s=on_demand_s,
-        time_spot_s=spot_s,
-        time_mixed_s=mixed_s,
-        spot_interval_s=interval_s,
-        power_w=power_w,
-        costs=costs,
-        storage_usd=storage,
-        egress_usd=egress,
-        time_s=basis_s,
-        cost_usd=costs[limits.pricing] + storage + egress,
-        energy_j=foot.energy_j,
-        carbon_gco2e=foot.carbon_gco2e,
-    )
+    finished = []
+    for region in regions:
+        finite = math.isfinite(basis_s)
+        storage = storage_cost_usd(stored_gb, basis_s, region) if finite else math.inf
+        egress = train.egress_gb * region.egress_usd_per_gb
+        foot = footprint(power_w, basis_s, region)
+        finished.append(
+            Finished(
+                candidate=candidate,
+                region=region,
+                time_on_demand_s=on_demand_s,
+                time_spot_s=spot_s,
+                time_mixed_s=mixed_s,
+                spot_interval_s=interval_s,
+                power_w=power_w,
+                costs=costs,
+                storage_usd=storage,
+                egress_usd=egress,
+                time_s=basis_s,
+                cost_usd=costs[limits.pricing] + storage + egress,
+                energy_j=foot.energy_j,
+                carbon_gco2e=foot.carbon_gco2e,
+            )
+        )
+    return finished
 
 
-def _recompute_order(spec: PlanSpec) -> list[str]:
+def _recompute_order(spec: PlanSpec) -> tuple[str, ...]:
     if spec.model.architecture == "generic":
-        return ["none"]  # no layer structure to recompute by
-    return [m for m in ("none", "selective", "full") if m in spec.parallelism.recompute]
+        return ("none",)  # no layer structure to recompute by
+    return tuple(m for m in ("none", "selective", "full") if m in spec.parallelism.recompute)
 
 
 def _powers_of_two(limit: int) -> list[int]:
