@@ -196,7 +196,8 @@ class Loop:
                     self._train_step()
                     if self.step % self.o.log_every == 0 or self.step == self.o.steps:
                         now_s, energy_j = time.perf_counter(), self._energy_j()
-                        self._log(self.step - log_step, now_s - log_s, energy_j - log_energy_j)
+                        used_j = None if energy_j is None else energy_j - (log_energy_j or 0.0)
+                        self._log(self.step - log_step, now_s - log_s, used_j)
                         log_s, log_step, log_energy_j = now_s, self.step, energy_j
                     if self._eval_due():
                         stopped_early = self._evaluate()
