@@ -36,6 +36,9 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "regions": Region,
 }
 
+# The C loader parses the built-in tables ~10x faster; pure Python where it is missing.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 EntryT = TypeVar("EntryT", Accelerator, Instance, Region)
 
 
@@ -168,7 +171,7 @@ def _sources(extra_files: Sequence[Path], user_dir: Path | None) -> Iterable[tup
 
 def _merge(label: str, text: str, sections: dict[str, dict[str, Any]]) -> float | None:
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_YAML_LOADER) or {}
     except yaml.YAMLError as exc:
         raise CatalogError(f"{label}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
