@@ -74,15 +74,15 @@ def schema_revision(engine: sa.Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-def migrate(engine: sa.Engine) -> str:
-    """Upgrade the database to this kilowatt's schema; return the head revision.
+def migrate(engine: sa.Engine, revision: str = "head") -> str:
+    """Upgrade the database to ``revision`` (default: this kilowatt's newest); return it.
 
     Raises:
         StoreError: the database was written by a newer kilowatt (an unknown revision).
     """
     config = _alembic_config()
     script = ScriptDirectory.from_config(config)
-    head = script.get_current_head()
+    head = script.get_current_head() if revision == "head" else revision
     assert head is not None, "the migrations folder has no revisions"
     current = schema_revision(engine)
     if current == head:
@@ -94,7 +94,7 @@ def migrate(engine: sa.Engine) -> str:
                 sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK}
             )
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        command.upgrade(config, head)
     return head
 
 

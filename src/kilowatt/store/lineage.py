@@ -107,7 +107,7 @@ class LineageMixin(RunsMixin):
                     f"run {row.id} has dependents: {', '.join(dependents)}; delete them first "
                     "or pass --force (force=True) to delete the run anyway"
                 )
-            for table in (t.params, t.tags, t.metrics, t.artifacts):
+            for table in (t.params, t.tags, t.metric_chunks, t.artifacts):
                 connection.execute(sa.delete(table).where(table.c.run_id == row.id))
             connection.execute(
                 sa.update(t.model_versions)

@@ -251,10 +251,11 @@ class RunsMixin(StoreBase):
 def _metric_condition(key: str, operator: str, value: float) -> sa.ColumnElement[bool]:
     if operator not in _OPERATORS:
         raise SpecError(f"metric operator {operator!r} is not one of {', '.join(_OPERATORS)}")
+    chunks = t.metric_chunks.c
     latest = (
-        sa.select(t.metrics.c.value)
-        .where(t.metrics.c.run_id == t.runs.c.id, t.metrics.c.key == key)
-        .order_by(t.metrics.c.step.desc(), t.metrics.c.time.desc())
+        sa.select(chunks.last_value)
+        .where(chunks.run_id == t.runs.c.id, chunks.key == key)
+        .order_by(chunks.last_step.desc(), chunks.last_time.desc())
         .limit(1)
         .scalar_subquery()
     )

@@ -62,19 +62,25 @@ tags = sa.Table(
     sa.Column("value", sa.Text, nullable=False),
 )
 
-# One row per (run, key, step, writer): re-sending a batch is idempotent, and data-parallel
-# ranks (one writer each) never overwrite one another. On SQLite the table is clustered by that
-# key (WITHOUT ROWID), so a history read is one range scan.
-metrics = sa.Table(
-    "metrics",
+# Metric points are stored in chunks: one row per (run, key, writer, flushed batch) holding
+# the batch's steps, times and values as packed little-endian arrays (int64, float64,
+# float64). A history read then moves a few hundred blobs instead of a million rows. A point
+# is identified by (run, key, step, writer): reads keep the newest value per identity, so a
+# re-sent batch is stored harmlessly twice and read once, and data-parallel ranks (one
+# writer each) never overwrite one another. ``batch`` sorts in write order per writer.
+# ``last_*`` describe the point at the chunk's highest step, for latest-value queries.
+metric_chunks = sa.Table(
+    "metric_chunks",
     metadata,
     sa.Column("run_id", sa.String(32), primary_key=True),
     sa.Column("key", sa.String(250), primary_key=True),
-    sa.Column("step", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("writer", sa.String(64), primary_key=True),
-    sa.Column("time", sa.Double, nullable=False),
-    sa.Column("value", sa.Double),  # NULL holds NaN: SQLite cannot store NaN
-    sqlite_with_rowid=False,
+    sa.Column("batch", sa.String(40), primary_key=True),
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.Column("last_step", sa.BigInteger, nullable=False),
+    sa.Column("last_time", sa.Double, nullable=False),
+    sa.Column("last_value", sa.Double),  # NULL holds NaN: SQLite cannot store NaN
+    sa.Column("data", sa.LargeBinary, nullable=False),
 )
 
 artifacts = sa.Table(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -9,17 +10,24 @@ import sqlalchemy as sa
 
 from kilowatt.errors import StoreError
 from kilowatt.store import open_store
-from kilowatt.store._engine import schema_revision
+from kilowatt.store._engine import create_store_engine, migrate, schema_revision
 
 
 def test_open_creates_the_schema_and_reopening_keeps_data(store_url: str, tmp_path: Path) -> None:
     with open_store(url=store_url, artifacts_url=str(tmp_path / "a")) as store:
-        assert schema_revision(store.engine) == "0001"
+        assert schema_revision(store.engine) == "0002"
         run = store.create_run("keep")
     with open_store(url=store_url, artifacts_url=str(tmp_path / "a")) as store:
         assert store.get_run(run.id).project == "keep"
         tables = set(sa.inspect(store.engine).get_table_names())
-    assert {"runs", "metrics", "audit_events", "api_tokens", "jobs", "alembic_version"} <= tables
+    assert {
+        "runs",
+        "metric_chunks",
+        "audit_events",
+        "api_tokens",
+        "jobs",
+        "alembic_version",
+    } <= tables
 
 
 def test_a_store_from_a_newer_kilowatt_is_refused(store_url: str, tmp_path: Path) -> None:
@@ -37,3 +45,25 @@ def test_sqlite_store_uses_wal_mode(tmp_path: Path) -> None:
 def test_a_bad_url_says_what_a_url_looks_like() -> None:
     with pytest.raises(StoreError, match="'not a url' is not a SQLAlchemy URL"):
         open_store(url="not a url")
+
+
+def test_points_logged_before_metric_chunks_survive_the_upgrade(store_url: str) -> None:
+    engine = create_store_engine(store_url)
+    try:
+        assert migrate(engine, "0001") == "0001"
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO metrics (run_id, key, step, writer, time, value) VALUES "
+                    "('r1', 'loss', 1, 'w', 11.0, 0.5), ('r1', 'loss', 0, 'w', 10.0, NULL), "
+                    "('r1', 'loss', 0, 'v', 10.5, 2.0)"
+                )
+            )
+    finally:
+        engine.dispose()
+    with open_store(url=store_url) as store:
+        history = store.metric_history("r1", "loss")
+        assert schema_revision(store.engine) == "0002"
+    assert history.step.tolist() == [0, 0, 1]
+    assert history.time.tolist() == [10.5, 10.0, 11.0]  # step 0: writer v, then w
+    assert history.value[0] == 2.0 and math.isnan(history.value[1]) and history.value[2] == 0.5
