@@ -17,7 +17,7 @@ from schemathesis.checks import not_a_server_error
 
 from kilowatt.store import Store
 
-EXAMPLES_PER_OPERATION = 12
+EXAMPLES_PER_OPERATION = 8
 
 
 @pytest.fixture

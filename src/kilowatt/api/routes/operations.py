@@ -209,17 +209,27 @@ def totals(
     project: str | None = Query(None, max_length=200),
     _: Principal = require(Role.viewer),
 ) -> dict[str, Any]:
-    """Sums of runs' time, energy, cost and carbon by project (and ISO week of start)."""
+    """Sums of runs' time, energy, cost and carbon by project (and ISO week of start).
+
+    A figure no run recorded is null rather than zero.
+    """
     sums: dict[tuple[str, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
     fields = ("time_s", "energy_j", "cost_usd", "carbon_gco2e")
     for run in store_of(request).list_runs(project, limit=_SCAN_LIMIT):
         key = (run.project, _week(run.start_time) if group == "week" else "")
         sums[key]["runs"] += 1
         for field in fields:
-            sums[key][field] += getattr(run, field) or 0.0
+            value = getattr(run, field)
+            if value is not None:  # unrecorded stays unknown (null), not zero
+                sums[key][field] += value
     items = [
-        {"project": p, "week": w or None, "runs": int(s["runs"]), **{f: s[f] for f in fields}}
+        {"project": p, "week": w or None, "runs": int(s["runs"]), **{f: s.get(f) for f in fields}}
         for (p, w), s in sorted(sums.items())
     ]
-    grand = {f: sum(item[f] for item in items) for f in fields}
+    grand = {f: _sum_known(item[f] for item in items) for f in fields}
     return {"items": items, "total": {"runs": sum(i["runs"] for i in items), **grand}}
+
+
+def _sum_known(values: Any) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None

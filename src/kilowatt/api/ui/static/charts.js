@@ -28,7 +28,7 @@ export function lineChart(container, title, seriesList, xLabel = "step") {
   const opts = {
     width, height: 240,
     scales: { x: { time: false } },
-    axes: [{ label: xLabel }, {}],
+    axes: [{ label: xLabel }, { size: 72 }],
     series: [{ label: xLabel }, ...seriesList.map((s, i) => ({
       label: s.label, stroke: color(i), width: 1.5, spanGaps: true,
     }))],
@@ -47,7 +47,7 @@ export function barChart(container, title, labels, values, unit) {
   const opts = {
     width: Math.max(320, Math.min(620, container.clientWidth - 20 || 560)), height: 220,
     scales: { x: { time: false, range: [-0.5, labels.length - 0.5] } },
-    axes: [{ values: (_, ticks) => ticks.map((t) => labels[t] ?? "") }, {}],
+    axes: [{ values: (_, ticks) => ticks.map((t) => labels[t] ?? "") }, { size: 72 }],
     series: [{}, {
       label: unit, stroke: color(0), fill: "rgba(15,118,110,0.35)",
       paths: uPlot.paths.bars({ size: [0.6, 80] }), points: { show: false },

@@ -27,7 +27,15 @@ export function energy(joules) {
 
 export function usd(value) {
   if (value === null || value === undefined) return "–";
-  return value < 0.01 ? `$${value.toExponential(2)}` : `$${value.toFixed(2)}`;
+  if (value === 0) return "$0.00";
+  return value < 0.01 ? `$${value.toPrecision(2)}` : `$${value.toFixed(2)}`;
+}
+
+// The unit that keeps a set of energies readable: [divisor from joules, unit name].
+export function energyUnit(maxJoules) {
+  if (maxJoules >= 3.6e6) return [3.6e6, "kWh"];
+  if (maxJoules >= 3.6e3) return [3.6e3, "Wh"];
+  return [1, "J"];
 }
 
 export function grams(value) {

@@ -1,7 +1,7 @@
 // The plan page (upload a spec, see ranked configurations) and energy/cost/carbon totals.
 import { get, post } from "./api.js";
 import { barChart } from "./charts.js";
-import { duration, energy, esc, grams, usd } from "./format.js";
+import { duration, energy, energyUnit, esc, grams, usd } from "./format.js";
 
 function candidateTable(result) {
   return `<table id="plan-table"><thead><tr><th>#</th><th>configuration</th><th class="num">time</th>
@@ -22,7 +22,8 @@ function showPlan(container, result) {
   const labels = top.map((c) => c.label);
   barChart(charts, "time", labels, top.map((c) => (c.time_s ?? 0) / 3600), "h");
   barChart(charts, "cost", labels, top.map((c) => c.cost_usd ?? 0), "USD");
-  barChart(charts, "energy", labels, top.map((c) => (c.energy_j ?? 0) / 3.6e6), "kWh");
+  const [div, unit] = energyUnit(Math.max(...top.map((c) => c.energy_j ?? 0)));
+  barChart(charts, "energy", labels, top.map((c) => (c.energy_j ?? 0) / div), unit);
 }
 
 export async function planPage(main) {
@@ -66,8 +67,11 @@ export async function totalsPage(main, _args, query) {
       <td class="num">${usd(t.cost_usd)}</td><td class="num">${grams(t.carbon_gco2e)}</td></tr>`).join("")}</tbody></table>
     <div class="charts" id="totals-charts"></div>`;
   if (totals.items.length) {
+    const charts = main.querySelector("#totals-charts");
     const labels = totals.items.map((t) => (t.week ? `${t.project} ${t.week}` : t.project));
-    barChart(main.querySelector("#totals-charts"), "energy", labels,
-      totals.items.map((t) => (t.energy_j ?? 0) / 3.6e6), "kWh");
+    const [div, unit] = energyUnit(Math.max(...totals.items.map((t) => t.energy_j ?? 0)));
+    barChart(charts, "energy", labels, totals.items.map((t) => (t.energy_j ?? 0) / div), unit);
+    barChart(charts, "cost", labels, totals.items.map((t) => t.cost_usd ?? 0), "USD");
+    barChart(charts, "carbon", labels, totals.items.map((t) => t.carbon_gco2e ?? 0), "g CO2e");
   }
 }

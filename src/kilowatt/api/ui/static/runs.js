@@ -4,7 +4,7 @@ import { lineChart } from "./charts.js";
 import { bytes, duration, energy, esc, grams, num, usd, when } from "./format.js";
 
 // Metric keys drawn under "System" rather than "Metrics".
-const SYSTEM_KEY = /(^system[/.]|power|energy|throughput|samples_per_s|tokens_per_s|_w$|_j$|gco2e|cost_usd|memory)/;
+const SYSTEM_KEY = /(^system[/.]|power|energy|throughput|samples_per_s|tokens_per_s|step_time|stall|_w$|_j$|gco2e|cost_usd|memory)/;
 
 function filterForm(query, projects) {
   const options = projects.map((p) =>
@@ -73,16 +73,33 @@ function keyValueTable(id, mapping) {
   return `<table id="${id}"><tbody>${rows || `<tr><td class="muted">none</td></tr>`}</tbody></table>`;
 }
 
-async function drawMetrics(container, runId, keys) {
-  const histories = await Promise.all(keys.map((key) =>
+async function fetchHistories(runId, keys) {
+  return Promise.all(keys.map((key) =>
     get(`/runs/${encodeURIComponent(runId)}/metrics/${encodeURIComponent(key)}`, { max_points: 1000 })));
-  histories.forEach((h) => {
+}
+
+function drawHistories(container, histories) {
+  // A single point is a summary figure, not a curve: it goes in the table only.
+  const curves = histories.filter((h) => h.total_points > 1);
+  curves.forEach((h) => {
     const label = h.downsampled ? `${h.key} (${h.steps.length} of ${h.total_points} points)` : h.key;
     lineChart(container, h.key, [{ label, x: h.steps, y: h.values }]);
   });
-  return histories;
+  return curves.length;
 }
 
+// Energy drawn as the running integral of logged power over wall time (J = W x s).
+function energyFromPower(power) {
+  const x = [];
+  const y = [];
+  let joules = 0;
+  for (let i = 0; i < power.steps.length; i += 1) {
+    if (i > 0 && power.values[i] !== null) joules += power.values[i] * (power.times[i] - power.times[i - 1]);
+    x.push(power.steps[i]);
+    y.push(joules);
+  }
+  return { label: "energy_j (integrated power_w)", x, y };
+}
 function lastValues(histories) {
   const rows = histories.map((h) => `<tr><td>${esc(h.key)}</td>
     <td class="num" data-metric-last="${esc(h.key)}">${num(h.values[h.values.length - 1])}</td>
@@ -118,14 +135,16 @@ export async function runPage(main, args) {
       || `<tr><td class="muted">none</td></tr>`}</tbody></table>
     <h2>Lineage</h2>${lineageList(graph)}`;
   const keys = run.metric_keys || [];
-  const system = keys.filter((k) => SYSTEM_KEY.test(k));
-  const model = keys.filter((k) => !SYSTEM_KEY.test(k));
-  const histories = [
-    ...(await drawMetrics(main.querySelector("#metric-charts"), run.id, model)),
-    ...(await drawMetrics(main.querySelector("#system-charts"), run.id, system)),
-  ];
-  if (!system.length) main.querySelector("#system-charts").innerHTML = `<p class="muted">No system metrics logged.</p>`;
-  main.querySelector("#metric-table").innerHTML = lastValues(histories);
+  const histories = await fetchHistories(run.id, keys);
+  const system = histories.filter((h) => SYSTEM_KEY.test(h.key));
+  const model = histories.filter((h) => !SYSTEM_KEY.test(h.key));
+  drawHistories(main.querySelector("#metric-charts"), model);
+  const systemCharts = main.querySelector("#system-charts");
+  const drawn = drawHistories(systemCharts, system);
+  const power = system.find((h) => h.key.endsWith("power_w") && h.total_points > 1 && !h.downsampled);
+  if (power) lineChart(systemCharts, "energy_j", [energyFromPower(power)]);
+  if (!drawn) systemCharts.innerHTML = `<p class="muted">No system metrics logged.</p>`;
+  main.querySelector("#metric-table").innerHTML = `<h2>Latest values</h2>${lastValues(histories)}`;
 }
 
 export async function comparePage(main, _args, query) {
@@ -140,12 +159,24 @@ export async function comparePage(main, _args, query) {
       <td>${Object.entries(r.params || {}).map(([k, v]) => `<span class="tag">${esc(k)}=${esc(v)}</span>`).join("")}</td></tr>`).join("")}
     </tbody></table><h2>Metrics</h2><div class="charts" id="compare-charts"></div>`;
   const container = main.querySelector("#compare-charts");
+  const summary = [];
   for (const key of keys) {
     const owners = runs.filter((r) => (r.metric_keys || []).includes(key));
     const histories = await Promise.all(owners.map((r) =>
       get(`/runs/${encodeURIComponent(r.id)}/metrics/${encodeURIComponent(key)}`, { max_points: 1000 })));
-    lineChart(container, key, histories.map((h, i) => ({
-      label: owners[i].name || owners[i].id, x: h.steps, y: h.values,
-    })));
+    if (histories.some((h) => h.total_points > 1)) {
+      lineChart(container, key, histories.map((h, i) => ({
+        label: owners[i].name || owners[i].id, x: h.steps, y: h.values,
+      })));
+    } else {
+      const byRun = new Map(owners.map((r, i) => [r.id, histories[i].values[0]]));
+      summary.push(`<tr><td>${esc(key)}</td>${runs.map((r) =>
+        `<td class="num">${num(byRun.get(r.id))}</td>`).join("")}</tr>`);
+    }
+  }
+  if (summary.length) {
+    main.insertAdjacentHTML("beforeend", `<h2>Summary figures</h2><table id="compare-summary">
+      <thead><tr><th>metric</th>${runs.map((r) => `<th class="num">${esc(r.name || r.id)}</th>`).join("")}</tr></thead>
+      <tbody>${summary.join("")}</tbody></table>`);
   }
 }

@@ -1,0 +1,220 @@
+"""The dashboard in headless Chromium over a store filled by real training runs.
+
+Two tiny regressions are trained with ``kilowatt.Trainer`` (recorded by the store-backed
+callback), ``kilowatt ui`` serves the store, and Chromium opens the runs list, a run page
+whose charts must have drawn pixels, the overlay comparison, the plan page and the totals.
+Screenshots go to ``tests/e2e/artifacts/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = "/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else None
+if CHROMIUM is None or CHROMEDRIVER is None:
+    pytest.skip(
+        "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
+        allow_module_level=True,
+    )
+
+from selenium import webdriver  # noqa: E402  (only once the browser is known to exist)
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+WAIT_S = 60
+# uPlot strokes series 0 and 1 in these colours (see ui/static/charts.js).
+TEAL, ORANGE = (15, 118, 110), (194, 65, 12)
+
+PLAN_SPEC = """\
+model: {architecture: generic, params: 1.2e7, forward_flops_per_sample: 1.8e9}
+train: {samples: 50000, epochs: 10, precision: fp32}
+constraints: {instances: [local-cpu]}
+"""
+
+
+def _train(name: str, lr: float) -> str:
+    """Train a 4-input linear regression for 60 steps; return the run id."""
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    import kilowatt
+    from kilowatt.backends.recorder import StoreRecorder
+
+    torch.manual_seed(0)
+    inputs = torch.randn(256, 4)
+    targets = inputs @ torch.tensor([[1.0], [2.0], [-1.0], [0.5]])
+    with kilowatt.start_run(project="e2e", name=name, params={"lr": lr}) as run:
+        model = nn.Linear(4, 1)
+        trainer = kilowatt.Trainer(
+            model,
+            torch.optim.SGD(model.parameters(), lr=lr),
+            train_data=TensorDataset(inputs, targets),
+            loss_fn=nn.functional.mse_loss,
+            callbacks=[StoreRecorder(run.id)],
+            name=name,
+            steps=60,
+            batch_size=16,
+            log_every=5,
+            device="cpu",
+            checkpoint={"every": "1000", "keep_last": 1},
+        )
+        trainer.fit()
+        return run.id
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def dashboard_url() -> Iterator[str]:
+    """``kilowatt ui`` on a free local port, over the store of this test's KILOWATT_HOME."""
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kilowatt.cli.main", "ui", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(f"{url}/api/v1/health", process)
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+
+
+def _wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
+    pause = threading.Event()
+    for _ in range(600):  # 600 probes, 0.1 s apart; a refused connect returns at once
+        if process.poll() is not None:
+            raise AssertionError(f"kilowatt ui exited with {process.returncode}")
+        try:
+            httpx.get(url, timeout=1.0).raise_for_status()
+            return
+        except httpx.TransportError:
+            pause.wait(0.1)
+    raise AssertionError(f"{url} never answered")
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM or ""
+    for flag in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
+        "--disable-dev-shm-usage", "--window-size=1400,1800",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait_page(driver: Any, name: str) -> None:
+    WebDriverWait(driver, WAIT_S).until(
+        lambda d: d.find_element(By.ID, "main").get_attribute("data-ready") == name
+    )
+
+
+def _coloured_pixels(driver: Any, selector: str, rgb: tuple[int, int, int]) -> int:
+    """Pixels of the canvases under ``selector`` within a small distance of ``rgb``."""
+    script = """
+        const [sel, r, g, b] = arguments;
+        let count = 0;
+        for (const canvas of document.querySelectorAll(sel + " canvas")) {
+          const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+          for (let i = 0; i < data.length; i += 4) {
+            if (data[i + 3] > 200 && Math.abs(data[i] - r) < 40 && Math.abs(data[i + 1] - g) < 40
+                && Math.abs(data[i + 2] - b) < 40) count += 1;
+          }
+        }
+        return count;
+    """
+    return int(driver.execute_script(script, selector, *rgb))
+
+
+def _shot(driver: Any, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+
+def test_dashboard_shows_runs_charts_and_comparison(browser: Any, dashboard_url: str) -> None:
+    fast, slow = _train("lr-0.05", 0.05), _train("lr-0.01", 0.01)
+    _check_dashboard(browser, dashboard_url, fast, slow)
+
+
+def _check_dashboard(driver: Any, url: str, fast: str, slow: str) -> None:
+    driver.get(url + "/")
+    _wait_page(driver, "runs")
+    rows = driver.find_elements(By.CSS_SELECTOR, "#runs-table tbody tr[data-run-id]")
+    assert sorted(row.get_attribute("data-run-id") for row in rows) == sorted([fast, slow])
+    assert driver.find_element(By.ID, "run-count").text == "2"
+    _shot(driver, "01-runs")
+
+    driver.find_element(By.LINK_TEXT, "lr-0.05").click()
+    _wait_page(driver, "run")
+    charts = driver.find_elements(By.CSS_SELECTOR, "#metric-charts .chart")
+    assert "loss" in [chart.get_attribute("data-metric") for chart in charts]
+    assert _coloured_pixels(driver, "#metric-charts", TEAL) > 100  # the loss curve is drawn
+    system = [
+        c.get_attribute("data-metric")
+        for c in driver.find_elements(By.CSS_SELECTOR, "#system-charts .chart")
+    ]
+    assert {"samples_per_s", "power_w", "energy_j"} <= set(system)
+    assert driver.find_element(By.CSS_SELECTOR, '.card[data-key="energy"] .value').text.endswith(
+        "J"
+    )
+    assert driver.find_element(By.ID, "params").text == "lr 0.05"
+    _shot(driver, "02-run")
+
+    driver.get(url + "/#/runs")
+    _wait_page(driver, "runs")
+    for box in driver.find_elements(By.CSS_SELECTOR, "#runs-table .pick"):
+        box.click()
+    driver.find_element(By.ID, "compare-button").click()
+    _wait_page(driver, "compare")
+    loss = driver.find_element(By.CSS_SELECTOR, '#compare-charts .chart[data-metric="loss"]')
+    assert "lr-0.05" in loss.text and "lr-0.01" in loss.text  # the legend names both runs
+    assert _coloured_pixels(driver, "#compare-charts", TEAL) > 100
+    assert _coloured_pixels(driver, "#compare-charts", ORANGE) > 100  # the second run's curve
+    _shot(driver, "03-compare")
+
+    driver.get(url + "/#/plan")
+    _wait_page(driver, "plan")
+    driver.find_element(By.ID, "plan-spec").send_keys(PLAN_SPEC)
+    driver.find_element(By.CSS_SELECTOR, "#plan-form button").click()
+    WebDriverWait(driver, WAIT_S).until(ec.presence_of_element_located((By.ID, "plan-table")))
+    assert "local-cpu" in driver.find_element(By.ID, "plan-table").text
+    assert _coloured_pixels(driver, "#plan-charts", TEAL) > 50  # bars drawn
+    _shot(driver, "04-plan")
+
+    driver.get(url + "/#/totals")
+    _wait_page(driver, "totals")
+    assert "e2e" in driver.find_element(By.ID, "totals").text
+    _shot(driver, "05-totals")
