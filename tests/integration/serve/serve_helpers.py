@@ -140,6 +140,8 @@ def serve_process(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(10)
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 90) -> None:
