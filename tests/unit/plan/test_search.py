@@ -215,3 +215,25 @@ def test_cpu_plan_uses_calibration_from_kilowatt_home(clean_environment: Path) -
     assert (after.mfu, after.mfu_source) == (0.5, "calibration")
     # 0.5 instead of the 0.25 default halves the compute time
     assert after.compute_s_per_step == pytest.approx(before.compute_s_per_step / 2)
+
+
+@pytest.mark.parametrize("pricing", ["spot", "mixed", "committed"])
+def test_pricing_basis_sets_time_and_cost(tiny: Catalog, pricing: str) -> None:
+    spec = _spec(constraints={"instances": ["big-8"], "pricing": pricing}, top=1)
+    top = _top(plan(spec, catalog=tiny, calibration=Calibration()))
+    basis = {
+        "spot": (top.time_spot_s, top.costs.spot_usd),
+        "mixed": (top.time_s, top.costs.mixed_usd),  # between the two, checked below
+        "committed": (top.time_on_demand_s, top.costs.committed_usd),
+    }[pricing]
+    assert top.time_s == pytest.approx(basis[0])
+    assert top.cost_usd == pytest.approx(basis[1] + top.costs.storage_usd + top.costs.egress_usd)
+    # preemptions only ever lengthen a run; half the fleet on spot sees half the rate
+    assert top.time_on_demand_s <= top.time_s <= top.time_spot_s
+    if pricing == "spot":
+        # Young/Daly: sqrt(2 x checkpoint / preemption rate of the whole fleet)
+        nodes_rate = top.nodes * 0.01 / 3600
+        checkpoint_s = 12 * 1e8 / (top.nodes * 1e9)
+        assert top.spot_checkpoint_interval_s == pytest.approx(
+            (2 * checkpoint_s / nodes_rate) ** 0.5
+        )
