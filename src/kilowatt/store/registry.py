@@ -22,6 +22,7 @@ from kilowatt.store.records import Deployment, ModelVersion
 __all__ = ["ALIAS_PATTERN", "RegistryMixin", "parse_model_ref"]
 
 ALIAS_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_REGISTER_TRIES = 5
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 
 
@@ -75,6 +76,28 @@ class RegistryMixin(LineageMixin):
             )
         aliases = [check_alias(alias) for alias in aliases]
         stored = self.get_artifact(run_id, artifact)  # type: ignore[attr-defined]
+        for attempt in range(_REGISTER_TRIES):
+            try:
+                number = self._insert_version(name, run_id, stored, signature, aliases, version)
+                break
+            except sa.exc.IntegrityError:
+                # another process registered the same number first: take the next one
+                if version is not None or attempt == _REGISTER_TRIES - 1:
+                    raise Conflict(
+                        f"model {name} version {version or '(next)'} was registered by someone "
+                        "else at the same time; try again"
+                    ) from None
+        return self.get_model_version(f"{name}:{number}")
+
+    def _insert_version(
+        self,
+        name: str,
+        run_id: str,
+        stored: Any,
+        signature: Mapping[str, Any] | None,
+        aliases: list[str],
+        version: int | None,
+    ) -> int:
         with self._write() as connection:
             run = self._run_row(connection, run_id)
             latest = connection.execute(
@@ -112,7 +135,7 @@ class RegistryMixin(LineageMixin):
             )
             for alias in aliases:
                 self._move_alias(connection, name, alias, version_id, number)
-        return self.get_model_version(f"{name}:{number}")
+        return number
 
     def get_model_version(self, ref: str) -> ModelVersion:
         """Resolve ``name``, ``name:3``, ``name@alias`` or ``name:alias``.

@@ -67,3 +67,23 @@ def test_points_logged_before_metric_chunks_survive_the_upgrade(store_url: str) 
     assert history.step.tolist() == [0, 0, 1]
     assert history.time.tolist() == [10.5, 10.0, 11.0]  # step 0: writer v, then w
     assert history.value[0] == 2.0 and math.isnan(history.value[1]) and history.value[2] == 0.5
+
+
+def test_downgrading_metric_chunks_keeps_the_points(store_url: str) -> None:
+    from alembic import command
+
+    from kilowatt.store._engine import _alembic_config
+
+    with open_store(url=store_url) as store:
+        run = store.create_run("down")
+        store.log_metric_points(run.id, "w", [("loss", 0, 1.0, 0.5), ("loss", 1, 2.0, 0.25)])
+        store.log_metric_points(run.id, "w", [("loss", 1, 3.0, 0.125)])  # step 1 again
+        config = _alembic_config()
+        with store.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0001")
+        with store.engine.connect() as connection:
+            rows = connection.execute(
+                sa.text("SELECT step, value FROM metrics ORDER BY step")
+            ).all()
+    assert [tuple(row) for row in rows] == [(0, 0.5), (1, 0.125)]

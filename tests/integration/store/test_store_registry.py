@@ -161,3 +161,34 @@ def test_deleting_with_dependents_needs_force(store: Store, tmp_path: Path) -> N
     ]
     with pytest.raises(NotFound):
         store.get_run(run_id)
+
+
+def test_concurrent_registrations_get_distinct_versions(store: Store, tmp_path: Path) -> None:
+    run_id = _trained(store, tmp_path)
+    versions: list[int] = []
+    lock = threading.Lock()
+
+    def register() -> None:
+        for _ in range(3):
+            number = store.register_model("clf", run_id=run_id, artifact="model.pt").version
+            with lock:
+                versions.append(number)
+
+    threads = [threading.Thread(target=register) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(versions) == list(range(1, 13))
+
+
+def test_top_level_lineage_opens_the_configured_store(tmp_path: Path) -> None:
+    weights = _file(tmp_path, "m.pt", b"w")
+    with kilowatt.start_run(project="top") as run:
+        run.log_dataset("iris", version="3", fingerprint="c" * 64)
+    kilowatt.register_model(run.id, "flowers", weights, aliases=["staging"])
+    graph = kilowatt.lineage("flowers@staging")
+    assert sorted(node.label for node in graph.nodes.values() if node.kind != "run") == [
+        "flowers:1",
+        "iris:3",
+    ]

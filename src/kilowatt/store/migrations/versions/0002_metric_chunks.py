@@ -73,4 +73,41 @@ def _move_points(connection: sa.Connection) -> None:
 
 
 def downgrade() -> None:
-    raise NotImplementedError("metric chunks cannot be split back into rows by a downgrade")
+    op.create_table(
+        "metrics",
+        sa.Column("run_id", sa.String(length=32), nullable=False),
+        sa.Column("key", sa.String(length=250), nullable=False),
+        sa.Column("step", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("writer", sa.String(length=64), nullable=False),
+        sa.Column("time", sa.Double(), nullable=False),
+        sa.Column("value", sa.Double(), nullable=True),
+        sa.PrimaryKeyConstraint("run_id", "key", "step", "writer"),
+        sqlite_with_rowid=False,
+    )
+    _unpack_points(op.get_bind())
+    op.drop_table("metric_chunks")
+
+
+def _unpack_points(connection: sa.Connection) -> None:
+    newest: dict[tuple[str, str, int, str], tuple[float, float | None]] = {}
+    chunks = connection.execute(
+        sa.text(
+            "SELECT run_id, key, writer, count, data FROM metric_chunks "
+            "ORDER BY run_id, key, writer, batch"
+        )
+    )
+    for run_id, key, writer, count, data in chunks:
+        steps = np.frombuffer(data, dtype="<i8", count=count)
+        times = np.frombuffer(data, dtype="<f8", count=count, offset=8 * count)
+        values = np.frombuffer(data, dtype="<f8", count=count, offset=16 * count)
+        for step, when, value in zip(steps.tolist(), times.tolist(), values.tolist(), strict=True):
+            newest[(run_id, key, step, writer)] = (when, None if np.isnan(value) else value)
+    rows = [
+        {"run_id": r, "key": k, "step": s, "writer": w, "time": when, "value": value}
+        for (r, k, s, w), (when, value) in newest.items()
+    ]
+    if rows:
+        metrics = sa.table(
+            "metrics", *(sa.column(c) for c in ("run_id", "key", "step", "writer", "time", "value"))
+        )
+        connection.execute(sa.insert(metrics), rows)
