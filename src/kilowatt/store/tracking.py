@@ -4,8 +4,12 @@ Metric logging is buffered: ``log_metrics`` appends to an in-memory queue (micro
 call) and a background thread writes the queue in one transaction every
 ``flush_interval_s`` (default 1 s), or sooner when ``batch_points`` points are waiting.
 The queue is also written on ``flush()``, on leaving the ``with`` block and at interpreter
-exit. If the process is killed (SIGKILL, power loss) at most the points logged in the last
-flush interval are lost; committed points are never corrupted (SQLite WAL / PostgreSQL).
+exit (a run still open then ends ``finished``, or ``failed`` after an uncaught exception).
+
+Crash window: if the process is killed (SIGKILL, OOM killer, power loss), the points logged
+since the last completed flush are lost: at most ``flush_interval_s`` seconds of logging
+plus the batch being written. Committed points are never corrupted (each batch is one
+transaction; SQLite in WAL mode, or PostgreSQL), and the run stays ``running``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import atexit
 import math
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -36,6 +41,9 @@ __all__ = ["ActiveRun", "lineage", "register_model", "start_run"]
 DEFAULT_FLUSH_INTERVAL_S = 1.0
 DEFAULT_BATCH_POINTS = 20_000
 _LIVE_RUNS: weakref.WeakSet[ActiveRun] = weakref.WeakSet()
+# How the program is ending, for runs still open at exit: set by the excepthook below.
+_EXIT_STATUS: dict[str, RunStatus] = {"status": "finished"}
+_hook_installed = threading.Lock()
 
 
 def _default_writer() -> str:
@@ -85,6 +93,7 @@ class ActiveRun:
         self._thread.daemon = True  # atexit (below) flushes what is left
         self._thread.start()
         _LIVE_RUNS.add(self)
+        _install_exit_status_hook()
 
     @property
     def info(self) -> Run:
@@ -95,7 +104,13 @@ class ActiveRun:
         """Queue metric values at ``step`` (default: one past this key's last step).
 
         Values are numbers (Python, numpy or 0-d tensors); NaN and inf are kept as logged.
+
+        Raises:
+            SpecError: a value is not a number (nothing of the call is logged), or the run
+                was ended.
         """
+        if self._ended:
+            raise SpecError(f"run {self.id} has ended; start or attach a run to log more")
         now = time.time()
         values = [(key, _as_float(key, value)) for key, value in metrics.items()]  # all or none
         append, next_step = self._buffer.append, self._next_step
@@ -227,11 +242,25 @@ class ActiveRun:
                 self._error = error
 
 
+def _install_exit_status_hook() -> None:
+    """Note an uncaught exception, so runs still open at exit end as failed (or killed)."""
+    if not _hook_installed.acquire(blocking=False):
+        return  # installed already
+    previous = sys.excepthook
+
+    def hook(exc_type: type[BaseException], exc: BaseException, traceback: Any) -> None:
+        failed = not issubclass(exc_type, KeyboardInterrupt)
+        _EXIT_STATUS["status"] = "failed" if failed else "killed"
+        previous(exc_type, exc, traceback)
+
+    sys.excepthook = hook
+
+
 @atexit.register
 def _flush_live_runs() -> None:
     for run in list(_LIVE_RUNS):
         try:
-            run.end("finished")
+            run.end(_EXIT_STATUS["status"])
         except Exception as error:  # exit must go on; say what was lost
             print(f"kilowatt: could not save run {run.id} at exit: {error}")
 

@@ -33,6 +33,23 @@ def test_points_buffered_at_interpreter_exit_are_written() -> None:
         assert store.metric_history(run.id, "loss").step.tolist() == [7]
 
 
+def test_a_run_left_open_by_an_uncaught_exception_ends_failed() -> None:
+    script = _EXIT_WITHOUT_END + "raise SystemError('crash')\n"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 1 and "SystemError: crash" in done.stderr
+    with open_store() as store:
+        run = store.get_run(done.stdout.strip())
+        assert run.status == "failed"
+        assert store.metric_history(run.id, "loss").value.tolist() == [0.5]
+
+
+def test_logging_after_the_end_is_refused() -> None:
+    with kilowatt.start_run(project="p") as run:
+        pass
+    with pytest.raises(SpecError, match=f"run {run.id} has ended"):
+        run.log_metrics({"loss": 1.0})
+
+
 def test_start_run_uses_kilowatt_home_and_the_settings_user(clean_environment: Path) -> None:
     with kilowatt.start_run(project="home") as run:
         run.log_metric("loss", 1.0)
