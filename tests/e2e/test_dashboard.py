@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,6 +79,12 @@ def _train(name: str, lr: float) -> str:
             checkpoint={"every": "1000", "keep_last": 1},
         )
         trainer.fit()
+        weights = Path(tempfile.mkdtemp()) / "model.pt"
+        torch.save(model.state_dict(), weights)
+        run.log_artifact(weights, name="model.pt")
+        run.log_dataset(
+            "synthetic-regression", version="1", fingerprint="e2e" * 10, num_rows=len(inputs)
+        )
         return run.id
 
 
@@ -160,13 +167,21 @@ def _coloured_pixels(driver: Any, selector: str, rgb: tuple[int, int, int]) -> i
 
 
 def _shot(driver: Any, name: str) -> None:
+    """Save the whole page (the window grows to the page's height first)."""
     ARTIFACTS.mkdir(exist_ok=True)
+    height = int(driver.execute_script("return document.documentElement.scrollHeight"))
+    driver.set_window_size(1400, max(900, height + 40))
     driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
 
 
 def test_dashboard_shows_runs_charts_and_comparison(browser: Any, dashboard_url: str) -> None:
+    import kilowatt
+
     fast, slow = _train("lr-0.05", 0.05), _train("lr-0.01", 0.01)
+    kilowatt.register_model(slow, "regressor", "model.pt")
+    kilowatt.register_model(fast, "regressor", "model.pt", aliases=["production"])
     _check_dashboard(browser, dashboard_url, fast, slow)
+    _check_registry(browser, dashboard_url)
 
 
 def _check_dashboard(driver: Any, url: str, fast: str, slow: str) -> None:
@@ -191,6 +206,9 @@ def _check_dashboard(driver: Any, url: str, fast: str, slow: str) -> None:
         "J"
     )
     assert driver.find_element(By.ID, "params").text == "lr 0.05"
+    assert "model.pt" in driver.find_element(By.ID, "artifacts").text
+    lineage = driver.find_element(By.ID, "lineage").text
+    assert "dataset: synthetic-regression" in lineage and "model_version: regressor" in lineage
     _shot(driver, "02-run")
 
     driver.get(url + "/#/runs")
@@ -218,3 +236,18 @@ def _check_dashboard(driver: Any, url: str, fast: str, slow: str) -> None:
     _wait_page(driver, "totals")
     assert "e2e" in driver.find_element(By.ID, "totals").text
     _shot(driver, "05-totals")
+
+
+def _check_registry(driver: Any, url: str) -> None:
+    driver.get(url + "/#/models")
+    _wait_page(driver, "models")
+    rows = driver.find_elements(By.CSS_SELECTOR, "#models table.versions tbody tr")
+    assert [row.text.split()[0] for row in rows] == ["v2", "v1"]
+    assert "production" in rows[0].text
+    _shot(driver, "06-models")
+
+    driver.get(url + "/#/audit")
+    _wait_page(driver, "audit")
+    assert driver.find_element(By.ID, "audit-verdict").text.startswith("audit log intact")
+    assert "model.alias" in driver.find_element(By.ID, "audit").text
+    _shot(driver, "07-audit")

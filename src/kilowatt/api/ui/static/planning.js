@@ -71,7 +71,12 @@ export async function totalsPage(main, _args, query) {
     const labels = totals.items.map((t) => (t.week ? `${t.project} ${t.week}` : t.project));
     const [div, unit] = energyUnit(Math.max(...totals.items.map((t) => t.energy_j ?? 0)));
     barChart(charts, "energy", labels, totals.items.map((t) => (t.energy_j ?? 0) / div), unit);
-    barChart(charts, "cost", labels, totals.items.map((t) => t.cost_usd ?? 0), "USD");
-    barChart(charts, "carbon", labels, totals.items.map((t) => t.carbon_gco2e ?? 0), "g CO2e");
+    // A figure no run recorded has no chart (a row of zeros would claim it was free).
+    if (totals.total.cost_usd !== null) {
+      barChart(charts, "cost", labels, totals.items.map((t) => t.cost_usd ?? 0), "USD");
+    }
+    if (totals.total.carbon_gco2e !== null) {
+      barChart(charts, "carbon", labels, totals.items.map((t) => t.carbon_gco2e ?? 0), "g CO2e");
+    }
   }
 }

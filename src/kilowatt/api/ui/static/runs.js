@@ -63,8 +63,10 @@ function summaryCards(run) {
     ["status", esc(run.status)], ["duration", duration(run.duration_s)],
     ["energy", energy(s.energy_j)], ["cost", usd(s.cost_usd)], ["carbon", grams(s.carbon_gco2e)],
   ];
+  // How the usage figures were obtained (measured-nvml, estimated-tdp, ...), said once.
+  const method = s.method ? `<p class="muted" id="usage-method">usage: ${esc(s.method)}</p>` : "";
   return `<div class="cards">${cards.map(([label, value]) =>
-    `<div class="card" data-key="${label}"><div class="label">${label}</div><div class="value">${value}</div></div>`).join("")}</div>`;
+    `<div class="card" data-key="${label}"><div class="label">${label}</div><div class="value">${value}</div></div>`).join("")}</div>${method}`;
 }
 
 function keyValueTable(id, mapping) {
@@ -111,7 +113,7 @@ function lastValues(histories) {
 function lineageList(graph) {
   const names = new Map(graph.nodes.map((n) => [n.id, `${n.kind}: ${n.label}`]));
   const rows = graph.edges.map((e) =>
-    `<li>${esc(names.get(e.source) || e.source)} → ${esc(names.get(e.target) || e.target)}</li>`);
+    `<li>${esc(names.get(e.source) || e.source)} <span class="muted">—${esc(e.relation)}→</span> ${esc(names.get(e.target) || e.target)}</li>`);
   return `<ul id="lineage">${rows.join("") || `<li class="muted">no lineage recorded</li>`}</ul>`;
 }
 
