@@ -2,7 +2,8 @@
 
     kilowatt train examples/train/tiny.yaml
 
-Entry points (``examples.train.tiny:<name>``): ``make_model``, ``make_optimizer``,
+Entry points (``examples.train.tiny:<name>``): ``make_model``,
+``make_model_without_dropout``, ``make_optimizer``,
 ``make_dataset``, ``make_eval_dataset``, ``loss_fn``, ``training_step``, ``make_scheduler``,
 ``make_dataloader``.
 """
@@ -27,6 +28,11 @@ def make_model() -> nn.Module:
     return nn.Sequential(
         nn.Linear(IN_FEATURES, HIDDEN), nn.ReLU(), nn.Dropout(0.1), nn.Linear(HIDDEN, 1)
     )
+
+
+def make_model_without_dropout() -> nn.Module:
+    """The same network without dropout: its result depends only on the data it sees."""
+    return nn.Sequential(nn.Linear(IN_FEATURES, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1))
 
 
 def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
