@@ -38,9 +38,15 @@ def create_store_engine(url: str) -> sa.Engine:
         ) from None
     if parsed.get_backend_name() != "sqlite":
         return sa.create_engine(parsed, pool_pre_ping=True)
-    if parsed.database and parsed.database != ":memory:":
+    connect_args: dict[str, Any] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+    if parsed.database in (None, "", ":memory:"):
+        # one shared connection, or each thread (the metric flusher) would see its own
+        # empty in-memory database
+        connect_args["check_same_thread"] = False
+        engine = sa.create_engine(parsed, connect_args=connect_args, poolclass=sa.StaticPool)
+    else:
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+        engine = sa.create_engine(parsed, connect_args=connect_args)
     sa.event.listen(engine, "connect", _sqlite_on_connect)
     sa.event.listen(engine, "begin", _sqlite_on_begin)
     return engine

@@ -15,7 +15,6 @@ transaction; SQLite in WAL mode, or PostgreSQL), and the run stays ``running``.
 from __future__ import annotations
 
 import atexit
-import math
 import os
 import socket
 import sys
@@ -358,8 +357,3 @@ def lineage(model_version: ModelVersion | str, *, settings: Settings | None = No
         if isinstance(model_version, str):
             model_version = store.get_model_version(model_version)
         return store.lineage_of(model_version)
-
-
-def is_finite_metric(value: float) -> bool:
-    """Whether a logged value is a regular number (not NaN or inf)."""
-    return math.isfinite(value)

@@ -95,3 +95,12 @@ def test_importing_the_store_does_not_import_torch() -> None:
     code = f"import sys, {modules}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_an_in_memory_store_is_shared_with_the_flusher_thread() -> None:
+    with open_store(url="sqlite://", artifacts_url="memory://kw-test") as store:
+        with kilowatt.start_run(project="mem", store=store, flush_interval_s=0.01) as run:
+            for step in range(1000):
+                run.log_metric("loss", step / 1000)
+        assert len(store.metric_history(run.id, "loss")) == 1000
+        assert store.get_run(run.id).status == "finished"
