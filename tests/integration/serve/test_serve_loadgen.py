@@ -1,0 +1,70 @@
+"""`kilowatt bench serve` against a real server: every scenario, bounded, table and JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from serve_helpers import Gate, make_server, running
+
+from kilowatt.bench.loadgen import LoadSpec, run_scenarios
+from kilowatt.cli.main import main
+from kilowatt.spec import ModelSpec
+
+
+def test_every_scenario_runs_bounded_by_count() -> None:
+    server = make_server(ModelSpec(name="m", source="scale:2"), factory=Gate())
+    with running(server) as url:
+        spec = LoadSpec(
+            url=f"{url}/predict",
+            body=b'{"inputs": [1, 2]}',
+            scenario="all",
+            qps=200,
+            concurrencies=(1, 4),
+            offline_concurrency=8,
+            duration_s=30,
+            max_requests=40,
+            slo_s=5.0,
+        )
+        results = run_scenarios(spec)
+    assert [(r.scenario, r.concurrency) for r in results] == [
+        ("single-stream", 1),
+        ("server", None),
+        ("offline", 8),
+        ("closed-loop", 1),
+        ("closed-loop", 4),
+    ]
+    assert [r.requests for r in results] == [40] * 5
+    assert all(r.errors == 0 and r.slo_attainment == 1.0 for r in results)
+    served = server.metrics.registry.get_sample_value(
+        "kilowatt_serve_requests_total", {"model": "m", "version": "1", "status": "200"}
+    )
+    assert served == 200
+
+
+def test_cli_prints_the_table_and_writes_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = make_server(ModelSpec(name="m", source="scale:1"), factory=Gate())
+    out = tmp_path / "load.json"
+    with running(server) as url:
+        code = main([
+            "bench", "serve", f"{url}/v2/models/m/infer", "--scenario", "single-stream",
+            "--features", "2", "--max-requests", "25", "--json", str(out),
+        ])  # fmt: skip
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "single-stream" in table and "SLO met" in table
+    [record] = json.loads(out.read_text())
+    assert (record["requests"], record["errors"], record["statuses"]) == (25, 0, {"200": 25})
+
+
+def test_refused_requests_count_as_errors_against_the_slo() -> None:
+    server = make_server(ModelSpec(name="m", source="scale:1"), factory=Gate())
+    with running(server) as url:
+        spec = LoadSpec(url=f"{url}/predict", body=b'{"inputs": [1]}', scenario="single-stream",
+                        max_requests=10)  # fmt: skip
+        [result] = run_scenarios(spec)
+    assert (result.ok, result.errors, result.statuses) == (0, 10, {"400": 10})
+    assert result.slo_attainment == 0.0
