@@ -6,6 +6,7 @@ import hashlib
 import secrets
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,6 +20,7 @@ __all__ = ["ROLES", "TOKEN_PREFIX", "TokensMixin"]
 
 ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
 TOKEN_PREFIX = "kw_"
+_LAST_USED_RESOLUTION_S = 60.0
 
 
 def _digest(plaintext: str) -> str:
@@ -52,13 +54,27 @@ class TokensMixin(StoreBase):
         return token_id, plaintext
 
     def authenticate(self, plaintext: str) -> TokenInfo | None:
-        """The token for ``plaintext`` if it exists and is not revoked, else None."""
+        """The token for ``plaintext`` if it exists and is not revoked, else None.
+
+        Records when the token was last used, to the minute (not a write per request).
+        """
         query = sa.select(t.api_tokens).where(
             t.api_tokens.c.token_sha256 == _digest(plaintext), t.api_tokens.c.revoked_at.is_(None)
         )
         with self._engine.connect() as connection:
             row = connection.execute(query).first()
-        return None if row is None else _to_token(row)
+        if row is None:
+            return None
+        now = time.time()
+        if row.last_used_at is None or now - row.last_used_at >= _LAST_USED_RESOLUTION_S:
+            with self._write() as connection:
+                connection.execute(
+                    sa.update(t.api_tokens)
+                    .where(t.api_tokens.c.id == row.id)
+                    .values(last_used_at=now)
+                )
+            return replace(_to_token(row), last_used_at=now)
+        return _to_token(row)
 
     def revoke_token(self, token_id: str) -> TokenInfo:
         """Revoke a token at once; audited as ``token.revoke``."""

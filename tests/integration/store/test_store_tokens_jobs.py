@@ -16,6 +16,8 @@ def test_tokens_authenticate_until_revoked_and_are_stored_hashed(store: Store) -
     assert plaintext.startswith("kw_") and len(plaintext) > 40
     info = store.authenticate(plaintext)
     assert info is not None and (info.id, info.name, info.role) == (token_id, "ci", "operator")
+    assert info.last_used_at is not None
+    assert store.list_tokens()[0].last_used_at == pytest.approx(info.last_used_at)
     assert store.authenticate(plaintext + "x") is None
     assert store.has_active_tokens()
     with store.engine.connect() as connection:
