@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/kilowatt plan examples/plans/2b-transformer.yaml
+	$(BIN)/kilowatt quickstart
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

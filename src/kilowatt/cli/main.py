@@ -40,6 +40,7 @@ def _register_commands() -> None:
         jobs_cmd,
         models_cmd,
         plan_cmd,
+        quickstart_cmd,
         runs_cmd,
         serve_cmd,
         store_cmd,
@@ -50,6 +51,7 @@ def _register_commands() -> None:
 
     for module in (
         version_cmd,
+        quickstart_cmd,
         ui_cmd,
         serve_cmd,
         train_cmd,
