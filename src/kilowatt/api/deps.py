@@ -9,7 +9,7 @@ from fastapi import Request
 from kilowatt.api.auth import Principal
 from kilowatt.errors import SpecError
 
-__all__ = ["acting_store", "parse_pairs", "store_of"]
+__all__ = ["acting_store", "audit", "parse_pairs", "store_of"]
 
 
 def store_of(request: Request) -> Any:
@@ -20,6 +20,15 @@ def store_of(request: Request) -> Any:
 def acting_store(request: Request, principal: Principal) -> Any:
     """The store with the caller as the actor its audit events name."""
     return store_of(request).as_actor(principal.actor)
+
+
+def audit(request: Request, principal: Principal, action: str, target: str, **details: Any) -> None:
+    """Append an audit event for a write the store does not audit itself (metric points,
+    artifact uploads), so every mutating API call names its actor in the log."""
+    from kilowatt.store.audit import append_event
+
+    with store_of(request).engine.begin() as connection:
+        append_event(connection, principal.actor, action, target, details)
 
 
 def parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:

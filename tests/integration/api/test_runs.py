@@ -130,6 +130,11 @@ def test_metrics_logged_over_http_are_read_back(live_api: LiveApi) -> None:
         body = client.get(f"/api/v1/runs/{run['id']}/metrics/loss").json()
     assert body["steps"] == [0, 1]
     assert body["values"] == [0.9, 0.7]
+    events = live_api.store.list_audit(action="run.metrics")
+    assert [(e.actor, e.target, e.details["step"]) for e in events] == [
+        ("tester", f"run:{run['id']}", 0),
+        ("tester", f"run:{run['id']}", 1),
+    ]
 
 
 def test_artifacts_are_listed_and_downloaded_byte_for_byte(
@@ -167,6 +172,11 @@ def test_uploads_past_the_limit_are_refused_with_413(live_api: LiveApi, store: S
     assert too_big.status_code == 413
     assert f"exceeds the {limit}-byte limit" in too_big.json()["detail"]
     assert [a.name for a in store.list_artifacts(run.id)] == ["notes.txt"]
+    uploads = store.list_audit(action="artifact.upload")
+    assert [(e.actor, e.details["name"], e.details["size_bytes"]) for e in uploads] == [
+        ("tester", "notes.txt", 5)
+    ]
+    assert store.verify_audit().ok
 
 
 def test_chunked_upload_past_the_limit_is_refused(live_api: LiveApi, store: Store) -> None:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from kilowatt.api.auth import Principal, Role, require
 from kilowatt.api.convert import artifact_out, lineage_out, run_out
-from kilowatt.api.deps import acting_store, parse_pairs, store_of
+from kilowatt.api.deps import acting_store, audit, parse_pairs, store_of
 from kilowatt.api.downsample import minmax_indices
 from kilowatt.api.models import ArtifactOut, LineageOut, MetricHistoryOut, RunOut, finite
 from kilowatt.api.pagination import Page, PageParams, page_of, page_params
@@ -205,7 +205,16 @@ def log_metrics(
         raise Conflict(f"run {run.id} is {run.status}; metrics go to running runs only")
     now = time.time()
     points = [(key, body.step, now, value) for key, value in body.metrics.items()]
-    return {"logged": store.log_metric_points(run.id, f"api:{principal.actor}", points)}
+    logged = store.log_metric_points(run.id, f"api:{principal.actor}", points)
+    audit(
+        request,
+        principal,
+        "run.metrics",
+        f"run:{run.id}",
+        step=body.step,
+        keys=sorted(body.metrics),
+    )
+    return {"logged": logged}
 
 
 @router.post("/runs/{run_id}/artifacts", response_model=ArtifactOut, status_code=201)
@@ -224,7 +233,12 @@ async def upload_artifact(
     with tempfile.TemporaryDirectory() as folder:
         local = Path(folder) / "upload"
         local.write_bytes(body)
-        return artifact_out(store.log_artifact(run.id, local, name=path))
+        artifact = store.log_artifact(run.id, local, name=path)
+    audit(
+        request, principal, "artifact.upload", f"run:{run.id}",
+        name=artifact.name, sha256=artifact.sha256, size_bytes=artifact.size_bytes,
+    )  # fmt: skip
+    return artifact_out(artifact)
 
 
 @router.post("/runs/{run_id}/finish", response_model=RunOut, summary="End a run")
