@@ -6,6 +6,7 @@ A model is referred to as ``name`` (latest version), ``name:3`` (a version) or
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -99,6 +100,7 @@ class RegistryMixin(LineageMixin):
         version: int | None,
     ) -> int:
         with self._write() as connection:
+            _lock_model_name(connection, name)
             run = self._run_row(connection, run_id)
             latest = connection.execute(
                 sa.select(sa.func.max(t.model_versions.c.version)).where(
@@ -354,6 +356,13 @@ class RegistryMixin(LineageMixin):
             )
             for r in rows
         ]
+
+
+def _lock_model_name(connection: sa.Connection, name: str) -> None:
+    """Serialise registrations of one model on PostgreSQL (SQLite's write lock already does)."""
+    if connection.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def _version_id(connection: sa.Connection, name: str, version: int) -> int | None:
