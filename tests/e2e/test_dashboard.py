@@ -251,3 +251,10 @@ def _check_registry(driver: Any, url: str) -> None:
     assert driver.find_element(By.ID, "audit-verdict").text.startswith("audit log intact")
     assert "model.alias" in driver.find_element(By.ID, "audit").text
     _shot(driver, "07-audit")
+
+    driver.get(url + "/docs")  # the OpenAPI explorer, from vendored Swagger UI
+    WebDriverWait(driver, WAIT_S).until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, ".swagger-ui .opblock"))
+    )
+    assert "/api/v1/runs/{run_id}" in driver.find_element(By.CSS_SELECTOR, ".swagger-ui").text
+    _shot(driver, "08-docs")

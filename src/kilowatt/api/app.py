@@ -17,7 +17,8 @@ from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -55,6 +56,8 @@ def create_app(
 
         store = open_store(settings)
     app = FastAPI(
+        docs_url=None,  # served below from vendored assets: no CDN at run time
+        redoc_url=None,
         title="kilowatt control plane",
         version=_version(),
         description="Runs, metrics, artifacts, models, datasets, lineage, deployments, "
@@ -138,3 +141,13 @@ def _mount_dashboard(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     def dashboard() -> FileResponse:
         return FileResponse(index, media_type="text/html")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="kilowatt control plane API",
+            swagger_js_url="/static/vendor/swagger-ui-bundle.js",
+            swagger_css_url="/static/vendor/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.svg",
+        )

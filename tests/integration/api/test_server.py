@@ -200,3 +200,24 @@ def _wait_healthy(url: str, cert: Path, process: subprocess.Popen[str]) -> objec
         except httpx.TransportError:
             threading.Event().wait(0.1)
     raise AssertionError(f"{url} never answered")
+
+
+def test_docs_and_dashboard_load_nothing_from_a_cdn(live_api: LiveApi) -> None:
+    with live_api.client() as client:
+        docs = client.get("/docs").text
+        index = client.get("/").text
+        assets = [
+            client.get(path)
+            for path in (
+                "/static/vendor/swagger-ui-bundle.js",
+                "/static/vendor/swagger-ui.css",
+                "/static/vendor/uPlot.iife.min.js",
+                "/static/app.js",
+            )
+        ]
+        schema = client.get("/openapi.json").json()
+    assert "/static/vendor/swagger-ui-bundle.js" in docs
+    for page in (docs, index):
+        assert "cdn" not in page.lower() and "https://" not in page
+    assert [response.status_code for response in assets] == [200, 200, 200, 200]
+    assert schema["info"]["title"] == "kilowatt control plane"
