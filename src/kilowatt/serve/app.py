@@ -152,13 +152,13 @@ class ServeApp:
 
     async def _predict(self, body: bytes, headers: dict[bytes, bytes], arrival_s: float) -> Reply:
         options = self._options(headers)
-        models = self.server.models()
         probe = decode_predict(body, np.dtype(np.float32))  # dtype checked below
-        name = probe.model or (next(iter(models)) if len(models) == 1 else None)
+        name = probe.model or self.server.only_model()
         if name is None:
+            served = ", ".join(sorted(self.server.models()))
             raise InvalidInput(
-                f"several models are served ({', '.join(sorted(models))}); name one with "
-                '"model" in the body or use /v2/models/{name}/infer'
+                f'several models are served ({served}); name one with "model" in the body '
+                "or use /v2/models/{name}/infer"
             )
         engine = self.server.engine(name)
         rows = probe.rows if engine.input_dtype == np.float32 else _recast(body, engine)

@@ -71,6 +71,8 @@ class Batcher:
         max_queue_delay_s: longest wait for a batch to fill when ``adaptive`` is false.
         adaptive: run as soon as the model is free rather than waiting for the window.
         queue_capacity: most requests waiting; more are refused with ``Overloaded``.
+        compute_timeout_s: a forward pass running longer fails its requests at once
+            (``RequestTimeout``); the stuck pass itself cannot be interrupted.
         on_batch: called on the inference thread after each batch.
         measure: optional ``(key) -> context`` returning joules; see ``ModelEngine``.
     """
@@ -83,6 +85,7 @@ class Batcher:
         max_queue_delay_s: float,
         adaptive: bool,
         queue_capacity: int,
+        compute_timeout_s: float = 30.0,
         on_batch: Callable[[BatchReport], None] | None = None,
         energy: Callable[[Callable[[], Any]], tuple[Any, float | None]] | None = None,
         name: str = "batcher",
@@ -99,13 +102,34 @@ class Batcher:
         self._closing = False
         self._busy = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.compute_timeout_s = compute_timeout_s
+        self._running: list[Pending] = []
+        self._running_since = 0.0
+        self._watch_stop = threading.Event()
+        self._watchdog = threading.Thread(target=self._watch, name=f"{name}-watchdog", daemon=True)
         # EWMA of seconds per forward pass, for admission control's wait estimate.
         self.batch_compute_s = 0.0
         self.high_water = 0
 
     def start(self) -> None:
-        """Start the inference thread."""
+        """Start the inference thread and its watchdog."""
         self._thread.start()
+        self._watchdog.start()
+
+    def _watch(self) -> None:
+        # One check every tenth of the timeout, instead of a timer per request.
+        period_s = max(self.compute_timeout_s / 10, 0.01)
+        while not self._watch_stop.wait(period_s):
+            with self._cond:
+                running = self._running
+                overdue = time.monotonic() - self._running_since > self.compute_timeout_s
+                if not running or not overdue:
+                    continue
+                self._running = []
+            error = RequestTimeout(
+                f"the model ran longer than the {self.compute_timeout_s:g} s timeout on this batch"
+            )
+            _resolve_all(running, [None] * len(running), error)
 
     @property
     def depth(self) -> int:
@@ -139,6 +163,7 @@ class Batcher:
             self._cond.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
+        self._watch_stop.set()
         return not self._thread.is_alive()
 
     def _take_batch(self) -> list[Pending] | None:
@@ -191,6 +216,8 @@ class Batcher:
         if not live:
             self._report(live, 0, 0.0, None, len(expired), failed=False)
             return
+        with self._cond:
+            self._running, self._running_since = live, now
         rows = live[0].rows if len(live) == 1 else np.concatenate([i.rows for i in live])
         start = time.perf_counter()
         error: BaseException | None = None
@@ -205,6 +232,8 @@ class Batcher:
         except Exception as exc:  # one failure fails every request of the batch
             error = exc
         compute_s = time.perf_counter() - start
+        with self._cond:
+            self._running = []
         self.batch_compute_s = (
             compute_s if self.batch_compute_s == 0 else 0.8 * self.batch_compute_s + 0.2 * compute_s
         )

@@ -68,6 +68,7 @@ class ModelEngine:
         version: version label.
         handler: the model (``load()`` + ``predict(batch)``).
         batching: batch size, delay, adaptivity and queue capacity.
+        timeout_s: a forward pass running longer fails its requests (RequestTimeout).
         on_batch: called after every batch (on the inference thread).
         meter: optional energy meter with ``begin_window``/``end_window``.
     """
@@ -79,6 +80,7 @@ class ModelEngine:
         handler: ModelHandler,
         batching: BatchingSpec,
         *,
+        timeout_s: float = 30.0,
         on_batch: Callable[[ModelEngine, BatchReport], None] | None = None,
         meter: Any = None,
     ) -> None:
@@ -98,6 +100,7 @@ class ModelEngine:
             max_queue_delay_s=batching.max_queue_delay_s,
             adaptive=batching.adaptive,
             queue_capacity=batching.queue_capacity,
+            compute_timeout_s=timeout_s,
             on_batch=self._report,
             energy=EnergyWindows(meter) if meter is not None else None,
             name=f"infer-{name}-{version}",

@@ -8,6 +8,7 @@ scrape sees totals over all processes rather than whichever process answered.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import (
@@ -29,6 +30,13 @@ _ENERGY_BUCKETS_J = (0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
 _MV = ("model", "version")
 
 
+@dataclass(frozen=True)
+class _VersionMetrics:
+    ok: Any
+    latency: Any
+    in_flight: Any
+
+
 class ServeMetrics:
     """Every metric the server exports; one instance per registry.
 
@@ -38,6 +46,7 @@ class ServeMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._children: dict[tuple[str, str], _VersionMetrics] = {}
         reg = self.registry
         self.requests = Counter(
             "kilowatt_serve_requests", "Requests answered, by status code.",
@@ -95,6 +104,20 @@ class ServeMetrics:
             "kilowatt_serve_shadow_latency_seconds", "Latency of shadow copies.",
             _MV, buckets=_LATENCY_BUCKETS_S, registry=reg,
         )  # fmt: skip
+
+    def for_version(self, model: str, version: str) -> _VersionMetrics:
+        """The labelled children of one model version, looked up once and reused: a
+        ``labels()`` call per request costs more than the observation itself."""
+        key = (model, version)
+        children = self._children.get(key)
+        if children is None:
+            children = _VersionMetrics(
+                ok=self.requests.labels(model, version, "200"),
+                latency=self.latency.labels(model, version),
+                in_flight=self.in_flight.labels(model),
+            )
+            self._children[key] = children
+        return children
 
     def render(self) -> bytes:
         """The exposition text; aggregated over processes in multiprocess mode."""

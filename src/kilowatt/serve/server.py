@@ -33,7 +33,6 @@ from kilowatt.serve.engine import ModelEngine
 from kilowatt.serve.errors import (
     EngineClosed,
     InvalidInput,
-    RequestTimeout,
     UnknownModel,
     status_of,
 )
@@ -183,6 +182,7 @@ class InferenceServer:
             model.version,
             self._handler_factory(model),
             self.spec.batching,
+            timeout_s=self.spec.slo.timeout_s,
             on_batch=self.metrics.on_batch,
             meter=self.meter,
         )
@@ -274,6 +274,11 @@ class InferenceServer:
             raise UnknownModel(f"no model named {name!r}; served models: {served}")
         return route
 
+    def only_model(self) -> str | None:
+        """The model name when exactly one model is served, else ``None``."""
+        routes = self._routes
+        return next(iter(routes)) if len(routes) == 1 else None
+
     def models(self) -> dict[str, dict[str, ModelEngine]]:
         """Served engines by model name and version."""
         return {name: dict(route.engines) for name, route in self._routes.items()}
@@ -344,7 +349,7 @@ class InferenceServer:
                 return InferResult(hit, engine.name, engine.version, cached=True)
             self.metrics.cache_misses.labels(engine.name, engine.version).inc()
         served = self._start_shadows(route, rows, deadline)
-        in_flight = self.metrics.in_flight.labels(engine.name)
+        in_flight = self.metrics.for_version(engine.name, engine.version).in_flight
         in_flight.inc()
         try:
             outputs = await self._await_with_retry(engine, rows, deadline, version, key)
@@ -378,29 +383,23 @@ class InferenceServer:
                 raise
             return await self._await_engine(replacement, rows, deadline)
 
-    async def _await_engine(self, engine: ModelEngine, rows: np.ndarray, deadline: float) -> Any:
-        try:
-            async with asyncio.timeout(deadline - time.monotonic() + self._grace_s(engine)):
-                return await engine.infer(rows, deadline)
-        except TimeoutError:
-            raise RequestTimeout(
-                f"no answer from model {engine.name!r} within the request's deadline; "
-                "raise the deadline header or the SLO"
-            ) from None
-
     @staticmethod
-    def _grace_s(engine: ModelEngine) -> float:
-        # A request that made its deadline in the queue may finish its running batch.
-        return max(engine.batcher.batch_compute_s * 2, 0.05)
+    async def _await_engine(engine: ModelEngine, rows: np.ndarray, deadline: float) -> Any:
+        # No timer per request: the batcher expires requests still queued at their
+        # deadline, and its watchdog fails a batch whose forward pass overruns the timeout.
+        return await engine.infer(rows, deadline)
 
     def _count(
         self, labels: tuple[str, str], status: str, arrival_s: float, error: Exception | None
     ) -> None:
-        self.metrics.requests.labels(*labels, status).inc()
         if error is None:
-            self.metrics.latency.labels(*labels).observe(time.monotonic() - arrival_s)
+            children = self.metrics.for_version(*labels)
+            children.ok.inc()
+            children.latency.observe(time.monotonic() - arrival_s)
             self._answered[labels] = self._answered.get(labels, 0) + 1
-        elif status in ("429", "503"):
+            return
+        self.metrics.requests.labels(*labels, status).inc()
+        if status in ("429", "503"):
             reason = "queue_full" if status == "429" else "deadline"
             self.metrics.shed.labels(labels[0], reason).inc()
 

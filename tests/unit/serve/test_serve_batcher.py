@@ -191,3 +191,15 @@ def test_energy_of_a_batch_is_reported() -> None:
     item.future.result(timeout=10)
     batcher.close()
     assert [(r.batch_rows, r.requests, r.energy_j) for r in reports] == [(1, 1, 3.0)]
+
+
+def test_forward_pass_overrunning_the_timeout_fails_its_requests() -> None:
+    model = GatedModel()  # never opened until the end: a hung model
+    batcher = _batcher(model, compute_timeout_s=0.05)
+    batcher.start()
+    item = _pending(1.0)
+    batcher.submit(item)
+    with pytest.raises(RequestTimeout, match="ran longer than the 0.05 s timeout"):
+        item.future.result(timeout=10)
+    model.gate.set()
+    batcher.close()
