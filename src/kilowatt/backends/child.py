@@ -1,5 +1,5 @@
 """The process a queued training or serving job runs in: ``python -m kilowatt.backends.child
-JOB.json``.
+JOB.json`` (or ``--from-env``, reading ``KILOWATT_JOB``, as a Ray job does).
 
 The worker writes ``JOB.json`` (the job request, its run id and the accountant's prices)
 and reads the outcome from the exit code: 0 done, 75 (``EXIT_PREEMPTED``) checkpointed
@@ -10,6 +10,7 @@ recorder, so metrics of every attempt land in one run.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -18,7 +19,10 @@ from typing import Any
 
 from kilowatt.backends.base import JobRequest
 
-__all__ = ["main", "write_job_file"]
+__all__ = ["JOB_ENV", "main", "write_job_file"]
+
+#: The environment variable that carries the job request into a Ray job.
+JOB_ENV = "KILOWATT_JOB"
 
 
 def write_job_file(
@@ -41,8 +45,16 @@ def _train(job: JobRequest, run_id: str | None, prices: dict[str, Any] | None) -
     spec = TrainSpec.model_validate(job.spec)
     callbacks = [StoreRecorder(run_id)] if run_id else []
     accountant = Accountant(**prices) if prices else None
-    trainer = build_trainer(spec, callbacks=callbacks, accountant=accountant, progress=False)
-    result = trainer.fit()
+    if spec.backend.kind == "ray":  # e.g. a Ray job: fan out over the cluster from here
+        from kilowatt.backends.ray import RayBackend
+
+        backend = RayBackend(address=spec.backend.address)
+        result = backend.train(
+            spec, callbacks=callbacks, accountant=accountant, workdir=job.workdir
+        )
+    else:
+        trainer = build_trainer(spec, callbacks=callbacks, accountant=accountant, progress=False)
+        result = trainer.fit()
     print(
         f"kilowatt: trained steps {result.start_step}..{result.steps} in "
         f"{result.duration_s:.2f} s, final loss {result.final_loss}",
@@ -63,9 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the job described by ``argv[0]`` and return the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
-        print("usage: python -m kilowatt.backends.child JOB.json", file=sys.stderr)
+        print("usage: python -m kilowatt.backends.child JOB.json | --from-env", file=sys.stderr)
         return 2
-    document = json.loads(Path(args[0]).read_text())
+    if args[0] == "--from-env":  # a Ray job carries its request in the environment
+        document = json.loads(os.environ[JOB_ENV])
+    else:
+        document = json.loads(Path(args[0]).read_text())
     job = JobRequest.from_dict(document["job"])
     if job.workdir not in sys.path:
         sys.path.insert(0, job.workdir)  # the user's entry points live next to the spec

@@ -1,0 +1,141 @@
+"""Serving on Ray: a Ray Serve deployment whose replicas each run kilowatt's engine.
+
+Every replica builds an ``InferenceServer`` from the spec (dynamic batching, admission
+control, versions) and serves the same ASGI app as ``kilowatt serve``, so the Open
+Inference Protocol routes, ``/predict`` and ``/metrics`` are unchanged. Ray Serve's
+autoscaler adds replicas while each has more than ``target_ongoing_requests`` in flight
+and removes them when the load falls, between ``min_replicas`` and ``max_replicas``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from kilowatt.spec import ServeSpec
+
+__all__ = ["DEPLOYMENT_NAME", "RayDeployment", "deploy", "replica_count"]
+
+#: The name of the deployment inside each Ray Serve application.
+DEPLOYMENT_NAME = "kilowatt"
+
+
+class _Replica:
+    """One Ray Serve replica: kilowatt's server, loaded and warmed up before traffic."""
+
+    def __init__(self, spec_json: str, workdir: str) -> None:
+        from kilowatt.serve import InferenceServer, ServeMetrics
+
+        if workdir not in sys.path:
+            sys.path.insert(0, workdir)  # handlers named module:Class live next to the spec
+        self.spec = ServeSpec.model_validate_json(spec_json)
+        self.server = InferenceServer(self.spec, metrics=ServeMetrics())
+        self.server.load()
+
+    def __serve_build_asgi_app__(self) -> Any:
+        from kilowatt.serve import create_app
+
+        return create_app(
+            self.server, max_body_bytes=self.spec.max_body_bytes, load_on_startup=False
+        )
+
+    def check_health(self) -> None:
+        """Ray Serve restarts a replica whose server is not ready."""
+        if not self.server.ready:
+            raise RuntimeError("the kilowatt server of this replica is not ready")
+
+
+@dataclass(frozen=True)
+class RayDeployment:
+    """A running Ray Serve application of a kilowatt spec.
+
+    Attributes:
+        name: the Ray Serve application name.
+        url: the HTTP address of Ray Serve's proxy (OIP routes under it).
+    """
+
+    name: str
+    url: str
+
+    def replicas(self) -> int:
+        """Replicas running now."""
+        return replica_count(self.name)
+
+    def stop(self) -> None:
+        """Delete the application (its replicas drain and stop)."""
+        from ray import serve
+
+        serve.delete(self.name)
+
+
+def replica_count(app_name: str) -> int:
+    """How many replicas of ``app_name``'s kilowatt deployment are RUNNING."""
+    from ray import serve
+
+    application = serve.status().applications.get(app_name)
+    if application is None:
+        return 0
+    deployment = application.deployments.get(DEPLOYMENT_NAME)
+    if deployment is None:
+        return 0
+    return int(deployment.replica_states.get("RUNNING", 0))
+
+
+def deploy(spec: ServeSpec, *, workdir: str, name: str | None = None) -> RayDeployment:
+    """Start (or update) the Ray Serve application for ``spec`` on the connected cluster.
+
+    HTTP is served by Ray Serve's proxy on ``spec.host:spec.port``; the proxy starts with
+    the first application and keeps its address afterwards.
+    """
+    from ray import serve
+
+    options = spec.backend.ray
+    app_name = name or spec.models[0].name
+    port = spec.port or _free_port(spec.host)  # the proxy cannot bind port 0 itself
+    serve.start(http_options={"host": spec.host, "port": port})
+    replica = serve.deployment(
+        serve.ingress()(_Replica),
+        name=DEPLOYMENT_NAME,
+        ray_actor_options=_actor_options(options.cpus_per_worker, options.gpus_per_worker),
+        autoscaling_config={
+            "min_replicas": options.min_replicas,
+            "initial_replicas": max(1, options.min_replicas),
+            "max_replicas": options.max_replicas,
+            "target_ongoing_requests": options.target_ongoing_requests,
+            "upscale_delay_s": options.upscale_delay_s,
+            "downscale_delay_s": options.downscale_delay_s,
+        },
+        # Replicas batch internally, so each may hold many requests; admission control
+        # (429/503) stays kilowatt's.
+        max_ongoing_requests=max(8, spec.batching.queue_capacity),
+    )
+    serve.run(
+        replica.bind(spec.model_dump_json(), workdir),
+        name=app_name,
+        route_prefix="/",
+        blocking=False,
+    )
+    return RayDeployment(app_name, f"http://{spec.host}:{_proxy_port(port)}")
+
+
+def _actor_options(cpus: float, gpus: float) -> dict[str, float]:
+    options = {"num_cpus": cpus}
+    if gpus > 0:
+        options["num_gpus"] = gpus
+    return options
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def _proxy_port(requested: int) -> int:
+    from ray import serve
+
+    config = serve.get_global_client().http_config
+    return int(getattr(config, "port", requested) or requested)
