@@ -1,0 +1,261 @@
+"""Training overhead and checkpoint stall.
+
+Part 1, the same model, data, optimizer and steps, run in the same process by:
+
+- raw: a hand-written PyTorch loop (DataLoader, forward, backward, step, one final save);
+- kilowatt: ``kilowatt.Trainer`` with metering (EnergyMeter + sampler thread), tracking
+  (a store-backed recorder writing every logged step) and its final checkpoint;
+- lightning: ``lightning.Trainer`` with logging, checkpointing and the progress bar off.
+
+Each is timed end to end (model build to final save) several times, interleaved, and the
+median is reported as steps/s with the overhead against the raw loop. Target: <= 2%.
+
+Part 2, checkpoint stall per checkpoint for a ~100M-parameter model: how long the step
+loop is blocked by a synchronous save (serialise, write, fsync) versus an asynchronous one
+(copy to host memory; the write happens in a background thread). Target: async stall <=
+10% of the synchronous save time.
+
+Usage: python bench/train_overhead.py [--steps 300] [--repeats 3] [--ckpt-saves 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional
+from torch.utils.data import DataLoader, TensorDataset
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "train_overhead.json"
+BATCH = 64
+FEATURES, HIDDEN, CLASSES = 256, 512, 10
+
+
+def make_model() -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(FEATURES, HIDDEN),
+        nn.ReLU(),
+        nn.Linear(HIDDEN, HIDDEN),
+        nn.ReLU(),
+        nn.Linear(HIDDEN, CLASSES),
+    )
+
+
+def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+
+def make_dataset() -> TensorDataset:
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(8192, FEATURES, generator=generator)
+    return TensorDataset(inputs, torch.randint(0, CLASSES, (8192,), generator=generator))
+
+
+def run_raw(steps: int, folder: Path) -> float:
+    started = time.perf_counter()
+    torch.manual_seed(0)
+    model = make_model()
+    optimizer = make_optimizer(model)
+    loader = DataLoader(make_dataset(), batch_size=BATCH, shuffle=True, drop_last=True)
+    step = 0
+    while step < steps:
+        for inputs, targets in loader:
+            loss = functional.cross_entropy(model(inputs), targets)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step == steps:
+                break
+    torch.save(
+        {"model": model.state_dict(), "optimizer": optimizer.state_dict()}, folder / "raw.pt"
+    )
+    return time.perf_counter() - started
+
+
+def run_kilowatt(steps: int, folder: Path) -> float:
+    from kilowatt.backends.recorder import StoreRecorder
+    from kilowatt.meter import Accountant
+    from kilowatt.spec import Settings
+    from kilowatt.store import start_run
+    from kilowatt.train import Trainer
+
+    settings = Settings.from_env()
+    started = time.perf_counter()
+    with start_run("bench", name="train-overhead", settings=settings) as run:
+        trainer = Trainer(
+            make_model,
+            make_optimizer,
+            train_data=make_dataset(),
+            loss_fn=functional.cross_entropy,
+            steps=steps,
+            batch_size=BATCH,
+            log_every=10,
+            progress=False,
+            resume="never",
+            checkpoint={"url": str(folder / "kilowatt"), "every": "auto", "keep_last": 1},
+            accountant=Accountant.from_catalog(),
+            callbacks=[StoreRecorder(run.id, settings)],
+        )
+        trainer.fit()
+    return time.perf_counter() - started
+
+
+def run_lightning(steps: int, folder: Path) -> float:
+    import lightning
+
+    class Module(lightning.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = make_model()
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            inputs, targets = batch
+            return functional.cross_entropy(self.net(inputs), targets)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return make_optimizer(self.net)
+
+    started = time.perf_counter()
+    torch.manual_seed(0)
+    module = Module()
+    loader = DataLoader(make_dataset(), batch_size=BATCH, shuffle=True, drop_last=True)
+    trainer = lightning.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(folder / "lightning"),
+    )
+    trainer.fit(module, loader)
+    trainer.save_checkpoint(folder / "lightning.ckpt")
+    return time.perf_counter() - started
+
+
+def overhead(steps: int, repeats: int) -> dict[str, dict[str, float]]:
+    runners = {"raw": run_raw, "kilowatt": run_kilowatt, "lightning": run_lightning}
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    with tempfile.TemporaryDirectory(prefix="kw-bench-train-") as scratch:
+        os.environ["KILOWATT_HOME"] = str(Path(scratch) / "home")
+        for runner in runners.values():  # warm-up: imports, allocator, thread pools
+            runner(min(steps, 20), Path(scratch))
+        for _ in range(repeats):
+            for name, runner in runners.items():
+                times[name].append(runner(steps, Path(scratch)))
+    raw_s = statistics.median(times["raw"])
+    return {
+        name: {
+            "median_s": statistics.median(values),
+            "steps_per_s": steps / statistics.median(values),
+            "overhead_vs_raw": statistics.median(values) / raw_s - 1.0,
+            "runs_s": values,
+        }
+        for name, values in times.items()
+    }
+
+
+def make_big_model() -> nn.Module:
+    # 10 layers of 3072 x 3072 (+ bias): 94.4M parameters, 378 MB in fp32.
+    return nn.Sequential(*[nn.Linear(3072, 3072) for _ in range(10)])
+
+
+def checkpoint_stall(saves: int) -> dict[str, Any]:
+    from kilowatt.train import CheckpointManager
+
+    model = make_big_model()
+    params = sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    figures: dict[str, Any] = {"parameters": params}
+    with tempfile.TemporaryDirectory(prefix="kw-bench-ckpt-") as scratch:
+        for mode in ("sync", "async"):
+            manager = CheckpointManager(
+                str(Path(scratch) / mode), keep_last=1, asynchronous=mode == "async"
+            )
+            stalls, writes = [], []
+            for step in range(1, saves + 1):
+                state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+                report = manager.save(step, state, {"step": step})
+                stalls.append(report.stall_s)
+                # Training goes on: a few forward passes while the writer works.
+                with torch.no_grad():
+                    for _ in range(3):
+                        model(torch.randn(8, 3072))
+                manager.wait()
+                writes.append(manager.last_write_s)
+            manager.close()
+            figures[mode] = {
+                "stall_s_median": statistics.median(stalls),
+                "write_s_median": statistics.median(writes),
+                "stalls_s": stalls,
+            }
+    figures["async_stall_over_sync_save"] = (
+        figures["async"]["stall_s_median"] / figures["sync"]["stall_s_median"]
+    )
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ckpt-saves", type=int, default=3)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")  # Lightning's advice about DataLoader workers
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    loops = overhead(args.steps, args.repeats)
+    print(f"\ntraining overhead: {args.steps} steps, batch {BATCH}, median of {args.repeats}")
+    print(f"{'loop':<10} {'time (s)':>9} {'steps/s':>9} {'vs raw':>8}")
+    for name, row in loops.items():
+        print(
+            f"{name:<10} {row['median_s']:>9.3f} {row['steps_per_s']:>9.1f} "
+            f"{row['overhead_vs_raw']:>+8.1%}"
+        )
+
+    stall = checkpoint_stall(args.ckpt_saves)
+    print(f"\ncheckpoint stall, {stall['parameters'] / 1e6:.1f}M parameters (median of saves)")
+    print(f"{'mode':<6} {'stall (s)':>10} {'write (s)':>10}")
+    for mode in ("sync", "async"):
+        row = stall[mode]
+        print(f"{mode:<6} {row['stall_s_median']:>10.3f} {row['write_s_median']:>10.3f}")
+    print(f"async stall / sync save: {stall['async_stall_over_sync_save']:.1%} (target <= 10%)")
+
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "benchmark": "train_overhead",
+                "command": "python bench/train_overhead.py",
+                "args": vars(args),
+                "machine": {
+                    "python": platform.python_version(),
+                    "torch": torch.__version__,
+                    "cpus": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(),
+                },
+                "overhead": loops,
+                "checkpoint": stall,
+                "targets": {"overhead_vs_raw": 0.02, "async_stall_over_sync_save": 0.10},
+            },
+            indent=2,
+        )
+    )
+    print(f"\nwrote {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
