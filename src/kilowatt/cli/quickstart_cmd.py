@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
             detail = getattr(exc, "detail", "")
             console.print(
                 f"interrupted{': ' + detail if detail else ''}; every process the quickstart "
-                "started is stopped, and the run is marked killed",
+                "started is stopped",
                 highlight=False,
             )
             raise typer.Exit(EXIT_INTERRUPTED) from None

@@ -118,7 +118,9 @@ def train_and_register(
         result = trainer.fit()
         if result.preempted:
             status = "killed"
-            raise Interrupted(f"training stopped at step {result.steps}, checkpointed")
+            raise Interrupted(
+                f"training stopped at step {result.steps} (checkpointed); run {run.id} is killed"
+            )
         model = _final_model(workload, result.checkpoint_url or checkpoint["url"])
         eval_set = workload.module.make_eval_dataset()
         accuracy = float(workload.module.accuracy(model, eval_set))
