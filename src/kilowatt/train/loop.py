@@ -25,6 +25,7 @@ from kilowatt.train.callbacks import (
     ProgressCallback,
     StepEvent,
 )
+from kilowatt.train.sharding import full_state, load_full_state, wrap_fsdp
 from kilowatt.train.state import capture_rng, restore_rng, seed_everything
 from kilowatt.train.trainer import (
     Trainer,
@@ -109,10 +110,16 @@ class Loop:
     def _setup(self) -> None:
         seed_everything(self.o.seed)
         self.raw_model = self.t.build_model().to(self.device)
-        self.optimizer = self.t.build_optimizer(self.raw_model)
+        self.parameter_count = sum(p.numel() for p in self.raw_model.parameters())
+        self.sharded = self.o.fsdp and self.world_size > 1
+        if self.sharded:  # FSDP flattens parameters: the optimizer must see the sharded ones
+            self.model = wrap_fsdp(self.raw_model, self.device)
+            self.optimizer = self.t.build_optimizer(self.model)
+        else:
+            self.optimizer = self.t.build_optimizer(self.raw_model)
+            self.model = self._wrap(self.raw_model)
         self.scheduler = self.t.scheduler(self.optimizer) if self.t.scheduler else None
         self.autocast, self.scaler = _precision(self.o.precision, self.device)
-        self.model = self._wrap(self.raw_model)
         self.checkpoints = make_checkpoint_manager(self.t, self.rank, self.world_size)
         self.data = BatchStream(
             self.t.train_data,
@@ -131,10 +138,6 @@ class Loop:
     def _wrap(self, model: nn.Module) -> nn.Module:
         if self.world_size == 1:
             return model
-        if self.o.fsdp:
-            from torch.distributed.fsdp import FullyShardedDataParallel
-
-            return FullyShardedDataParallel(model)
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -156,8 +159,11 @@ class Loop:
             return
         state, rank_state = source.load(info)
         assert state is not None  # rank 0's state.pt is part of every valid checkpoint
-        self._load_model_state(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
+        else:
+            self.raw_model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -168,9 +174,6 @@ class Loop:
         self.data.epoch = rank_state["data"]["epoch"]
         self.data.batch_in_epoch = rank_state["data"]["batch_in_epoch"]
         restore_rng(rank_state["rng"])
-
-    def _load_model_state(self, state: dict[str, Any]) -> None:
-        self.raw_model.load_state_dict(state)
 
     # --- the loop
 
@@ -238,7 +241,10 @@ class Loop:
             self.loss_sum = self.loss_sum + loss.detach().float().cpu()
         if self.o.clip_grad_norm is not None:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.o.clip_grad_norm)
+            if self.sharded:  # each rank holds a shard; FSDP computes the global norm
+                self.model.clip_grad_norm_(self.o.clip_grad_norm)  # type: ignore[operator]
+            else:
+                torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.o.clip_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -290,7 +296,7 @@ class Loop:
                 break
             batch = move_to(batch, self.device)
             with self.autocast():
-                loss = self.t.compute_loss(self.raw_model, batch)
+                loss = self.t.compute_loss(self.model, batch)
             size = _batch_size(batch)
             total += torch.tensor([float(loss) * size, size], dtype=torch.float64)
         self.model.train()
@@ -323,11 +329,15 @@ class Loop:
         return bool(vote.item() > 0)
 
     def _save(self, reason: str) -> tuple[float, str]:
+        if self.sharded:  # a collective: every rank gathers, rank 0 keeps the result
+            model_state, optimizer_state = full_state(self.model, self.optimizer)
+        elif self.rank == 0:
+            model_state, optimizer_state = self.raw_model.state_dict(), self.optimizer.state_dict()
         state = None
         if self.rank == 0:
             state = {
-                "model": self.raw_model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
+                "model": model_state,
+                "optimizer": optimizer_state,
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
                 "scaler": self.scaler.state_dict(),
                 "step": self.step,
@@ -357,7 +367,7 @@ class Loop:
             device=str(self.device),
             precision=self.o.precision,
             params=self.o.model_dump(mode="json"),
-            parameter_count=sum(p.numel() for p in self.raw_model.parameters()),
+            parameter_count=self.parameter_count,
         )
 
     def _result(

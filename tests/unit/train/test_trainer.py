@@ -347,3 +347,10 @@ def test_training_step_and_loader_factory(tmp_path: Path) -> None:
 )
 def test_young_daly_interval(cost_s: float, mtbf_s: float, expected_s: float) -> None:
     assert young_daly_interval_s(cost_s, mtbf_s) == pytest.approx(expected_s, abs=0.01)
+
+
+def test_fsdp_on_cpu_asks_for_cuda_or_ddp() -> None:
+    from kilowatt.train.sharding import wrap_fsdp
+
+    with pytest.raises(SpecError, match="fsdp: true needs CUDA devices; on CPU set fsdp: false"):
+        wrap_fsdp(tiny.make_model(), torch.device("cpu"))
