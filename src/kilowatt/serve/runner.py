@@ -26,15 +26,20 @@ _ADMIN_ENV = "KILOWATT_SERVE_ADMIN"
 
 
 def threads_per_worker(spec: ServeSpec, cpu_count: int | None = None) -> int:
-    """CPU threads for torch in each worker: the spec's, else the cores shared evenly.
+    """CPU threads for torch in each worker: the spec's, else the cores shared evenly after
+    keeping one core per worker for its event loop (which parses and answers requests).
 
     >>> threads_per_worker(ServeSpec(models=[{"name": "m", "source": "m.pt"}], workers=2), 8)
-    4
+    3
+    >>> threads_per_worker(ServeSpec(models=[{"name": "m", "source": "m.pt"}]), 2)
+    1
     """
     if spec.threads_per_worker is not None:
         return spec.threads_per_worker
     cores = cpu_count if cpu_count is not None else _available_cores()
-    return max(1, cores // spec.workers)
+    # Torch's threads spin while they wait for work; sharing a core with the event loop
+    # starves the loop, and then batches stop forming.
+    return max(1, (cores - spec.workers) // spec.workers)
 
 
 def _available_cores() -> int:

@@ -99,7 +99,8 @@ class ServeSpec(Spec):
         host: address to bind; 127.0.0.1 keeps the server private to the machine.
         port: TCP port; 0 picks a free one.
         workers: server processes sharing the port.
-        threads_per_worker: torch CPU threads per process; ``None`` shares the cores.
+        threads_per_worker: torch CPU threads per process; ``None`` shares the cores left
+            after one per worker for its event loop.
         max_body_bytes: larger request bodies get 413.
         drain_timeout_s: on SIGTERM, how long in-flight requests may take to finish.
         backend: where it runs (``local`` or ``ray``, with Ray Serve autoscaling options).

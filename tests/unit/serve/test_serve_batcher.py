@@ -199,7 +199,7 @@ def test_forward_pass_overrunning_the_timeout_fails_its_requests() -> None:
     batcher.start()
     item = _pending(1.0)
     batcher.submit(item)
-    with pytest.raises(RequestTimeout, match="ran longer than the 0.05 s timeout"):
+    with pytest.raises(RequestTimeout, match=r"ran longer than the 0\.05 s timeout"):
         item.future.result(timeout=10)
     model.gate.set()
     batcher.close()

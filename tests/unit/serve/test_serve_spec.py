@@ -1,0 +1,46 @@
+"""ServeSpec validation and the CPU threads each worker gets."""
+
+from __future__ import annotations
+
+import pytest
+
+from kilowatt.errors import SpecError
+from kilowatt.serve.runner import threads_per_worker
+from kilowatt.spec import ServeSpec, load_spec
+
+MODEL = {"name": "m", "source": "m.pt"}
+
+
+@pytest.mark.parametrize(
+    ("cores", "workers", "threads"),
+    [
+        (2, 1, 1),  # the reference machine: one core for the loop, one for torch
+        (8, 1, 7),  # a bigger box: every core but the loop's
+        (8, 2, 3),  # two workers split what is left after their two loops
+        (2, 4, 1),  # more workers than cores: never below one thread
+    ],
+)
+def test_threads_leave_a_core_per_event_loop(cores: int, workers: int, threads: int) -> None:
+    spec = ServeSpec(models=[MODEL], workers=workers)
+    assert threads_per_worker(spec, cores) == threads
+
+
+def test_explicit_threads_win() -> None:
+    assert threads_per_worker(ServeSpec(models=[MODEL], threads_per_worker=5), 2) == 5
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"models": [MODEL, MODEL]}, "version '1' is listed twice"),  # duplicate version
+        ({"models": [{**MODEL, "weight": 0}]}, "no version with weight > 0"),  # nothing routed
+        ({"models": [{**MODEL, "shadow": True}]}, "no version with weight > 0"),  # only a shadow
+        ({"models": [MODEL], "batching": {"max_batch_size": 0}}, "max_batch_size"),  # no batch
+        ({"models": [MODEL], "port": 70000}, "port"),  # not a TCP port
+        ({"models": [{**MODEL, "format": "state_dict"}]}, "needs factory"),  # no factory
+        ({"models": [MODEL], "cache": 1}, "unknown key"),  # misspelt cache_bytes
+    ],
+)
+def test_invalid_specs_name_the_problem(data: dict, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        load_spec(ServeSpec, data)
