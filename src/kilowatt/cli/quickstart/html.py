@@ -184,7 +184,7 @@ def _ticks(x_range: tuple[float, float], y_range: tuple[float, float], log_y: bo
         x = x_range[0] + (x_range[1] - x_range[0]) * i / 4
         parts.append(
             f'<text x="{_px(x, x_range):.1f}" y="{_HEIGHT - _BOTTOM + 14}" '
-            f'text-anchor="middle">{x:g}</text>'
+            f'text-anchor="middle">{x:.0f}</text>'
         )
         y = y_range[0] + (y_range[1] - y_range[0]) * i / 4
         label = f"{10**y:.3g}" if log_y else f"{y:.3g}"

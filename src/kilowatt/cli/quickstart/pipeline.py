@@ -227,10 +227,8 @@ def _log_serving(run_id: str, figures: dict[str, Any], settings: Settings) -> No
 
 
 def _store_rows(training: TrainingOutcome, serving: ServingOutcome, graph: Any) -> list[Row]:
-    chain = " -> ".join(
-        f"{node.kind} {node.label}"
-        for node in sorted(graph.nodes.values(), key=lambda n: _LINEAGE_ORDER.get(n.kind, 9))
-    )
+    nodes = sorted(graph.nodes.values(), key=lambda n: _LINEAGE_ORDER.get(n.kind, 9))
+    chain = " -> ".join(_node_name(node) for node in nodes)
     deployment = (
         f"#{serving.deployment[0]} ({serving.deployment[1]})" if serving.deployment else "-"
     )
@@ -241,6 +239,14 @@ def _store_rows(training: TrainingOutcome, serving: ServingOutcome, graph: Any) 
         Row("deployment", f"{deployment} at {serving.endpoint}", "recorded by kilowatt serve"),
         Row("lineage", chain, f"kilowatt lineage {training.model_ref}"),
     ]
+
+
+def _node_name(node: Any) -> str:
+    if node.kind == "run":
+        return f"run {node.id[:8]}"
+    if node.kind == "deployment":
+        return f"deployment #{node.id}"
+    return str(node.label)
 
 
 _LINEAGE_ORDER = {"dataset": 0, "run": 1, "model_version": 2, "deployment": 3}
@@ -259,10 +265,17 @@ def _notes(training: TrainingOutcome, plan: Any) -> list[str]:
             "quickstart plans with it."
         )
     account = training.result.account
+    if account is not None and account.duration_s > 0 and rec.power_w > 0:
+        measured_w = account.energy_j / account.duration_s
+        if not 0.5 <= measured_w / rec.power_w <= 2.0:
+            notes.append(
+                f"The plan's energy assumes the job draws the whole {rec.instance} catalog "
+                f"machine ({rec.power_w:.0f} W); the meter attributes to the job only what it "
+                f"used ({measured_w:.1f} W, {account.energy_method}), hence the energy ratio."
+            )
     if account is not None and account.cost_usd == 0:
         notes.append(
             "Cost is $0: the catalog prices local-cpu (a machine you own) at $0/h; set "
             "price_usd_per_hour in examples/quickstart/digits.yaml to bill it."
         )
-    notes.append(f"Dashboard: run `{DASHBOARD_COMMAND}` and open {DASHBOARD_URL}")
     return notes

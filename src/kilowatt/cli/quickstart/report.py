@@ -13,12 +13,13 @@ from typing import Any
 
 from kilowatt.cli.quickstart.serving import LatencyBucket, ServingOutcome
 from kilowatt.cli.quickstart.training import TrainingOutcome
+from kilowatt.cli.ui_cmd import DEFAULT_HOST, DEFAULT_PORT
 from kilowatt.units import j_to_kwh
 
 __all__ = ["DASHBOARD_COMMAND", "QuickstartReport", "Row", "print_report"]
 
 DASHBOARD_COMMAND = "kilowatt ui"
-DASHBOARD_URL = "http://127.0.0.1:8765/"
+DASHBOARD_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}/"
 
 
 @dataclass(frozen=True)
