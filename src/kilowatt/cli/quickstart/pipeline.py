@@ -265,9 +265,10 @@ def _notes(training: TrainingOutcome, plan: Any) -> list[str]:
             "quickstart plans with it."
         )
     account = training.result.account
-    if account is not None and account.duration_s > 0 and rec.power_w > 0:
+    if account is not None and account.duration_s > 0 and rec.power_w > 0 and rec.energy_j > 0:
         measured_w = account.energy_j / account.duration_s
-        if not 0.5 <= measured_w / rec.power_w <= 2.0:
+        far = not 0.5 <= account.energy_j / rec.energy_j <= 2.0
+        if far and not 0.5 <= measured_w / rec.power_w <= 2.0:
             notes.append(
                 f"The plan's energy assumes the job draws the whole {rec.instance} catalog "
                 f"machine ({rec.power_w:.0f} W); the meter attributes to the job only what it "
