@@ -213,9 +213,10 @@ class Loop:
                         report = self._save("interval")
                         interval.saved(self.step, report[0], self.checkpoints.last_write_s)
                         stall_s, saves, last_url = stall_s + report[0], saves + 1, report[1]
-            report = self._save("preempted" if preempted else "final")
-            self.checkpoints.wait()  # the last checkpoint must be on storage before exit
-            stall_s, saves, last_url = stall_s + report[0], saves + 1, report[1]
+                # Still inside the handlers: a second signal must not cut the last save short.
+                report = self._save("preempted" if preempted else "final")
+                self.checkpoints.wait()  # the last checkpoint must be on storage before exit
+                stall_s, saves, last_url = stall_s + report[0], saves + 1, report[1]
         finally:
             if sampler is not None:
                 sampler.stop()
