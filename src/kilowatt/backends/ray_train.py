@@ -132,12 +132,15 @@ def run_torch_trainer(
         ),
     )
     try:
-        trainer.fit()
+        outcome = trainer.fit()
+        error = getattr(outcome, "error", None)
     except Exception as exc:  # Ray wraps the worker's exception; keep its message
+        error = exc
+    if error is not None:
         raise BackendError(
             f"Ray training of {spec.name!r} failed after {options.max_failures} restart(s): "
-            f"{exc}; raise backend.ray.max_failures to tolerate more worker failures"
-        ) from exc
+            f"{error}; raise backend.ray.max_failures to tolerate more worker failures"
+        ) from error
     return _read_result(config["result_url"])
 
 
