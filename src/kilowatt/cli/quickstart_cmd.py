@@ -31,8 +31,10 @@ def register(app: typer.Typer) -> None:
             None, min=0.1, help="Seconds per load-test level (overrides --fast)."
         ),
     ) -> None:
-        """Run the whole product on a small real workload: plan, train, register, serve,
-        load-test, and report (terminal and HTML); then `kilowatt ui` shows it all."""
+        """Plan, train, register, serve and load-test a small real model, then report.
+
+        Also writes the report as an HTML page in KILOWATT_HOME; `kilowatt ui` shows it all.
+        """
         from rich.console import Console
 
         from kilowatt.cli.quickstart import QuickstartOptions, run_quickstart
