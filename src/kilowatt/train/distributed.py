@@ -81,7 +81,7 @@ def spawn_workers(trainer: Trainer) -> FitResult:
                 f"cannot send the trainer to worker processes ({exc}); with workers > 1 pass "
                 "module-level functions and picklable objects, not lambdas or closures"
             ) from None
-        with _forward_signals(context.processes):
+        with _ForwardSignals(context.processes):
             try:
                 while not context.join():
                     pass
@@ -92,7 +92,7 @@ def spawn_workers(trainer: Trainer) -> FitResult:
         return pickle.loads(Path(result_path).read_bytes())
 
 
-class _forward_signals:
+class _ForwardSignals:
     """Pass SIGTERM/SIGINT on to the workers so they checkpoint together."""
 
     def __init__(self, processes: list[Any]) -> None:
