@@ -352,7 +352,7 @@ class InferenceServer:
         in_flight = self.metrics.for_version(engine.name, engine.version).in_flight
         in_flight.inc()
         try:
-            outputs = await self._await_with_retry(engine, rows, deadline, version, key)
+            outputs, engine = await self._await_with_retry(engine, rows, deadline, version, key)
         except BaseException:
             if served is not None:
                 served.cancel()
@@ -372,16 +372,16 @@ class InferenceServer:
         deadline: float,
         version: str | None,
         key: str | None,
-    ) -> Any:
+    ) -> tuple[Any, ModelEngine]:
         try:
-            return await self._await_engine(engine, rows, deadline)
+            return await self._await_engine(engine, rows, deadline), engine
         except EngineClosed:
             # The version was swapped out between routing and queueing (hot reload):
             # route again once, to whichever version replaced it.
             replacement = self._route(engine.name).pick(version, key, engine.name)
             if replacement is engine:
                 raise
-            return await self._await_engine(replacement, rows, deadline)
+            return await self._await_engine(replacement, rows, deadline), replacement
 
     @staticmethod
     async def _await_engine(engine: ModelEngine, rows: np.ndarray, deadline: float) -> Any:
