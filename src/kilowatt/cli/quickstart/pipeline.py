@@ -7,6 +7,7 @@ the spec's entry points) with the store-backed recorder, ``kilowatt.register_mod
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,16 +76,19 @@ def run_quickstart(options: QuickstartOptions, console: Any) -> tuple[Quickstart
     steps = options.steps or (FAST_STEPS if options.fast else workload.train.steps)
     load_s = options.load_duration_s or (_FAST_LOAD_S if options.fast else _FULL_LOAD_S)
     catalog = load_catalog(user_dir=settings.catalog_dir)
+    clock = _StageClock()
 
     console.rule("[bold]1/6 plan")
     plan = _plan(workload.plan_for(steps), catalog, settings)
     samples = steps * workload.train.batch_size * workload.train.grad_accum
     prediction = plan_prediction(plan.recommendation, samples)
+    clock.lap("plan")
 
     console.rule("[bold]2/6 train")
     console.print(f"training {workload.train.name}: {steps} steps of {workload.train.batch_size}")
     training = train_and_register(workload, steps, prediction, settings, catalog)
     console.print(f"run {training.run_id}: accuracy {training.accuracy:.1%}")
+    clock.lap("train and register")
 
     console.rule("[bold]3/6 register")
     console.print(
@@ -94,9 +98,11 @@ def run_quickstart(options: QuickstartOptions, console: Any) -> tuple[Quickstart
     console.rule("[bold]4/6 serve and load-test")
     run_dir = settings.home / "quickstart" / training.run_id
     serving = _serve(training, workload, run_dir, load_s, console)
+    clock.lap("serve and load-test")
 
     console.rule("[bold]5/6 report")
     report = _build_report(workload, training, serving, prediction, plan, settings)
+    report.notes.append(clock.summary())
     print_report(report, console)
 
     console.rule("[bold]6/6 HTML report")
@@ -106,6 +112,23 @@ def run_quickstart(options: QuickstartOptions, console: Any) -> tuple[Quickstart
     console.print(f"HTML report: {path}", highlight=False, soft_wrap=True)
     console.print(f"dashboard: run `{DASHBOARD_COMMAND}` and open {DASHBOARD_URL}", highlight=False)
     return report, path
+
+
+class _StageClock:
+    """Wall seconds of each pipeline stage (monotonic clock)."""
+
+    def __init__(self) -> None:
+        self._start_s = self._last_s = time.monotonic()
+        self.stages_s: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        now = time.monotonic()
+        self.stages_s[stage] = now - self._last_s
+        self._last_s = now
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.stages_s.items())
+        return f"Wall time: {parts} ({time.monotonic() - self._start_s:.1f} s so far)."
 
 
 def _plan(spec: Any, catalog: Any, settings: Settings) -> Any:
