@@ -8,12 +8,14 @@ environment (``KILOWATT_SERVE_SPEC``); their metrics go to a shared multiprocess
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
+import threading
 from collections.abc import Sequence
 from typing import Any
 
-from kilowatt.errors import SpecError
+from kilowatt.errors import MeterUnavailable, SpecError
 from kilowatt.serve.app import ServeApp, create_app
 from kilowatt.serve.metrics import ServeMetrics
 from kilowatt.serve.server import DeploymentEvent, InferenceServer, ServeCallback
@@ -23,6 +25,8 @@ __all__ = ["SPEC_ENV", "run", "threads_per_worker", "worker_app"]
 
 SPEC_ENV = "KILOWATT_SERVE_SPEC"
 _ADMIN_ENV = "KILOWATT_SERVE_ADMIN"
+
+_log = logging.getLogger(__name__)
 
 
 def threads_per_worker(spec: ServeSpec, cpu_count: int | None = None) -> int:
@@ -91,15 +95,35 @@ def worker_app() -> ServeApp:
     return create_app(server, max_body_bytes=spec.max_body_bytes, admin=admin)
 
 
+class _MeterWhenReady:
+    """This process's energy meter, built on a thread so that reading the catalog does not
+    delay readiness; batches that run before it is built report no energy."""
+
+    def __init__(self) -> None:
+        self._meter: Any = None
+        threading.Thread(target=self._build, name="energy-meter", daemon=True).start()
+
+    def _build(self) -> None:
+        try:
+            from kilowatt.meter import EnergyMeter
+
+            self._meter = EnergyMeter.for_this_process()
+        except Exception:  # no reader on this machine: serve without energy figures
+            _log.warning("no energy meter: serving without per-request energy", exc_info=True)
+
+    def begin_window(self, key: str) -> None:
+        if self._meter is None:
+            raise MeterUnavailable("the energy meter is not ready yet")
+        self._meter.begin_window(key)
+
+    def end_window(self, key: str) -> Any:
+        if self._meter is None:
+            raise MeterUnavailable("the energy meter is not ready yet")
+        return self._meter.end_window(key)
+
+
 def _default_meter() -> Any:
-    try:
-        from kilowatt.meter import EnergyMeter
-    except ImportError:
-        return None
-    try:
-        return EnergyMeter.for_this_process()
-    except Exception:  # no reader on this machine: serve without energy figures
-        return None
+    return _MeterWhenReady()
 
 
 def run(

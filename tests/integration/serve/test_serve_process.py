@@ -121,6 +121,12 @@ def test_serve_registry_version_records_the_deployment(tmp_path: Path) -> None:
         })  # fmt: skip
         with open_store() as store:
             running = store.list_deployments("mlp")
+        # The energy meter starts beside the model; once it reads, requests carry joules.
+        infer = f"{url}/v2/models/mlp/infer"
+        body = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32",
+                            "data": sample.tolist()}]}  # fmt: skip
+        _wait(lambda: httpx.post(infer, json=body).status_code == 200
+              and _metric_value(url, "kilowatt_serve_energy_joules_total") > 0)  # fmt: skip
     assert reply.status_code == 200 and reply.json()["model_version"] == str(version.version)
     with torch.inference_mode():
         expected = small_mlp()(torch.from_numpy(sample[None])).numpy().ravel()
