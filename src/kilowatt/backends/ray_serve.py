@@ -105,6 +105,7 @@ def deploy(spec: ServeSpec, *, workdir: str, name: str | None = None) -> RayDepl
             "target_ongoing_requests": options.target_ongoing_requests,
             "upscale_delay_s": options.upscale_delay_s,
             "downscale_delay_s": options.downscale_delay_s,
+            "look_back_period_s": options.look_back_period_s,
         },
         # Replicas batch internally, so each may hold many requests; admission control
         # (429/503) stays kilowatt's.
@@ -135,7 +136,11 @@ def _free_port(host: str) -> int:
 
 
 def _proxy_port(requested: int) -> int:
-    from ray import serve
+    """The proxy's port: ``requested``, unless Serve was already running on another."""
+    from ray.serve import context
 
-    config = serve.get_global_client().http_config
-    return int(getattr(config, "port", requested) or requested)
+    try:
+        # Serve keeps the first start's HTTP options; there is no public getter for them.
+        return int(context._get_global_client().http_config.port)
+    except (AttributeError, TypeError, ValueError):
+        return requested

@@ -46,6 +46,7 @@ class RayOptions(Spec):
         target_ongoing_requests: Ray Serve adds replicas when each has more in flight.
         upscale_delay_s: how long the load must stay high before a replica is added.
         downscale_delay_s: how long the load must stay low before a replica is removed.
+        look_back_period_s: Ray Serve averages the load over this many seconds.
     """
 
     cpus_per_worker: float = Field(1.0, ge=0)
@@ -57,6 +58,7 @@ class RayOptions(Spec):
     target_ongoing_requests: float = Field(2.0, gt=0)
     upscale_delay_s: float = Field(2.0, ge=0)
     downscale_delay_s: float = Field(10.0, ge=0)
+    look_back_period_s: float = Field(30.0, gt=0)
 
     @model_validator(mode="after")
     def _replicas_ordered(self) -> RayOptions:

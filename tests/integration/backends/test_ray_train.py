@@ -83,5 +83,6 @@ def test_failure_beyond_max_failures_is_reported(local_ray: None, tmp_path: Path
         training_step="backends_ray_jobs:killing_training_step",
         backend={"kind": "ray", "ray": {"max_failures": 0}},
     )
-    with pytest.raises(BackendError, match=r"(?s)failed after 0 restart\(s\).*worker.*max_failures"):
+    expected = r"(?s)failed after 0 restart\(s\).*worker.*max_failures"
+    with pytest.raises(BackendError, match=expected):
         RayBackend(Settings.from_env()).train(spec, workdir=str(HERE))
