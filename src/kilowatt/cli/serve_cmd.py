@@ -177,7 +177,12 @@ def _register_serve(app: typer.Typer) -> None:
             err=True,
         )
         try:
-            run_server(spec, callbacks=callbacks, admin=admin)
+            if spec.backend.kind == "ray":  # Ray Serve replicas run the same engine
+                from kilowatt.backends import get_backend
+
+                get_backend("ray", address=spec.backend.address).serve(spec, admin=admin)
+            else:
+                run_server(spec, callbacks=callbacks, admin=admin)
         finally:
             if store is not None:
                 store.close()

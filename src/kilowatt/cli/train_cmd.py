@@ -81,7 +81,6 @@ def _run_train(
 ) -> int:
     from kilowatt.meter import Accountant
     from kilowatt.train import EXIT_PREEMPTED
-    from kilowatt.train.entry import build_trainer
     from kilowatt.train.metrics import PrometheusCallback
 
     settings, spec, catalog = _context(spec_path)
@@ -108,8 +107,11 @@ def _run_train(
         callbacks.append(StoreRecorder(run.id, settings, prediction))
     status = "failed"
     try:
-        trainer = build_trainer(spec, callbacks=callbacks, accountant=accountant, **overrides)
-        result = trainer.fit()
+        from kilowatt.backends import get_backend
+
+        # The spec's backend (local processes or a Ray cluster) runs the same trainer.
+        backend = get_backend(spec.backend.kind, settings=settings, address=spec.backend.address)
+        result = backend.train(spec, callbacks=callbacks, accountant=accountant, **overrides)
         status = "killed" if result.preempted else "finished"
     finally:
         if run is not None:
