@@ -54,3 +54,11 @@ def test_sqlite_store_is_refused_on_several_nodes(two_nodes: None, tmp_path: Pat
     spec = train_spec("tracked", tmp_path / "ray")
     with pytest.raises(BackendError, match=r"SQLite .* 2 nodes.*Use PostgreSQL"):
         RayBackend(settings).train(spec, callbacks=[StoreRecorder("any-run", settings)])
+
+
+def test_ray_job_with_sqlite_store_is_refused(two_nodes: None, tmp_path: Path) -> None:
+    from kilowatt.backends import JobRequest
+
+    job = JobRequest("command", {"name": "c", "command": ["true"]}, str(tmp_path))
+    with pytest.raises(BackendError, match="Use PostgreSQL"):
+        RayBackend(Settings.from_env()).submit(job)

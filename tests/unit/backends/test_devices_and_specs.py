@@ -104,3 +104,22 @@ def test_worker_exit_code_for_preemption_matches_the_trainer() -> None:
     from kilowatt.train import EXIT_PREEMPTED as TRAINER_EXIT
 
     assert EXIT_PREEMPTED == TRAINER_EXIT
+
+
+@pytest.mark.parametrize(
+    ("url", "nodes", "refused"),
+    [
+        ("sqlite:////home/kw/kilowatt.db", 2, True),  # other nodes cannot see the file
+        ("sqlite:////home/kw/kilowatt.db", 1, False),  # one node shares the file
+        ("postgresql+psycopg://kw@db/kw", 5, False),  # a server every node reaches
+    ],
+)
+def test_sqlite_store_is_refused_only_across_nodes(url: str, nodes: int, refused: bool) -> None:
+    from kilowatt.backends.ray import check_store_for_cluster
+    from kilowatt.errors import BackendError
+
+    if refused:
+        with pytest.raises(BackendError, match=r"has 2 nodes.*Use PostgreSQL"):
+            check_store_for_cluster(url, nodes)
+    else:
+        check_store_for_cluster(url, nodes)
