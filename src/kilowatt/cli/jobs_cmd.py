@@ -31,9 +31,17 @@ def register(app: typer.Typer) -> None:
     jobs = typer.Typer(name="jobs", help="Queued jobs: list, logs, cancel.", no_args_is_help=True)
     _register_jobs(jobs)
     app.add_typer(jobs, name="jobs")
+    _register_export(_export_group(app))
+
+
+def _export_group(app: typer.Typer) -> typer.Typer:
+    # Other concepts may add ``kilowatt export <x>`` too: share one group.
+    for group in app.registered_groups:
+        if group.name == "export" and group.typer_instance is not None:
+            return group.typer_instance
     export = typer.Typer(name="export", help="Export a spec for other platforms.")
-    _register_export(export)
     app.add_typer(export, name="export")
+    return export
 
 
 def _register_submit(app: typer.Typer) -> None:
