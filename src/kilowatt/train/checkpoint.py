@@ -181,6 +181,7 @@ class CheckpointManager:
         self.rank, self.world_size = rank, world_size
         self._executor: ThreadPoolExecutor | None = None
         self._pending: Future[float] | None = None
+        self._host_buffers: dict[str, torch.Tensor] = {}
         self.last_write_s = 0.0
 
     @property
@@ -212,7 +213,8 @@ class CheckpointManager:
         if not self.asynchronous:
             self._write(step, payload, dict(metrics or {}))
             return SaveReport(step, time.perf_counter() - started_s, asynchronous=False)
-        host_copy = to_host(payload)
+        # Safe to reuse last save's buffers: wait() above means no write still reads them.
+        host_copy = to_host(payload, self._host_buffers)
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="kilowatt-checkpoint")
         self._pending = self._executor.submit(self._write, step, host_copy, dict(metrics or {}))

@@ -11,7 +11,7 @@ import torch
 from fsspec.implementations.memory import MemoryFileSystem
 
 from kilowatt.errors import CheckpointError
-from kilowatt.train import CheckpointManager, CheckpointWarning
+from kilowatt.train import CheckpointInfo, CheckpointManager, CheckpointWarning
 
 
 def _state(value: float) -> dict:
@@ -153,3 +153,17 @@ def test_manifest_lists_sha256_of_each_file(tmp_path: Path) -> None:
     for name, entry in manifest["files"].items():
         data = (folder / name).read_bytes()
         assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def test_consecutive_async_saves_keep_their_own_values(tmp_path: Path) -> None:
+    # The second save reuses the first one's host buffers; the first must be on disk first.
+    manager = CheckpointManager(str(tmp_path), keep_last=5)
+    live = torch.zeros(3)
+    manager.save(1, {"model": {"w": live}}, {})
+    live += 1.0
+    manager.save(2, {"model": {"w": live}}, {})
+    manager.close()
+    first = manager.load(CheckpointInfo(1, str(tmp_path / "step-000000001")))[0]
+    second = manager.load(manager.latest())[0]
+    assert torch.equal(first["model"]["w"], torch.zeros(3))
+    assert torch.equal(second["model"]["w"], torch.ones(3))
