@@ -165,7 +165,7 @@ class RayBackend:
             entrypoint = shlex.join(job.spec["command"])
             env.update(job.spec.get("env", {}))
         else:
-            entrypoint = "python -m kilowatt.backends.child --from-env"
+            entrypoint = f"{self._python()} -m kilowatt.backends.child --from-env"
             env[JOB_ENV] = json.dumps({"job": job.to_dict(), "run_id": None, "prices": None})
         client = JobSubmissionClient(self._dashboard())
         try:
@@ -178,6 +178,12 @@ class RayBackend:
             )
         except RuntimeError as exc:
             raise BackendError(f"the Ray Jobs API refused job {job.name!r}: {exc}") from None
+
+    def _python(self) -> str:
+        # A cluster on this machine runs this interpreter (and its kilowatt); a remote one
+        # runs the ``python`` of its own image.
+        host = self._dashboard().split("://", 1)[-1].split(":", 1)[0]
+        return shlex.quote(sys.executable) if host in ("127.0.0.1", "localhost") else "python"
 
     def _dashboard(self) -> str:
         if self.dashboard_url:
