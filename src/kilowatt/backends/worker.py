@@ -164,19 +164,19 @@ class LocalWorker:
         if head is None:
             return False
         needed = JobRequest.from_dict(head.spec).backend.accelerators
-        if needed > len(self.pool.free):
+        if len(self.pool.free) < needed <= self.pool.size:
             return False  # the head of the queue waits for devices; so do the jobs behind it
         job = self.store.claim_next_job(self.worker_id)
         if job is None:
             return False
         request = JobRequest.from_dict(job.spec)
-        devices = self.pool.acquire(job.id, request.backend.accelerators)
-        if devices is None:  # another worker took the head first; put this one back
-            self.store.update_job(job.id, status="queued", attempts=job.attempts - 1)
-            return False
         try:
+            devices = self.pool.acquire(job.id, request.backend.accelerators)
+            if devices is None:  # another worker took the head first; put this one back
+                self.store.update_job(job.id, status="queued", attempts=job.attempts - 1)
+                return False
             self._launch(job, request, devices)
-        except KilowattError as exc:
+        except KilowattError as exc:  # e.g. more devices than this worker has, or no program
             self.pool.release(job.id)
             self.store.update_job(job.id, status="failed", error=str(exc), finished_at=time.time())
         return True

@@ -219,3 +219,16 @@ def _reference(spec: dict[str, object]) -> dict[str, list[float]]:
     finally:
         torch.set_num_threads(threads)
     return _final_weights(folder)
+
+
+def test_job_asking_for_more_devices_than_exist_fails_with_the_fix(
+    store: Store, tmp_path: Path
+) -> None:
+    job_id = _submit("greedy", "true", tmp_path, accelerators=2)
+    _worker(store, devices=["0"]).run(until_idle=True)
+    job = store.get_job(job_id)
+    assert job.status == "failed"
+    assert job.error == (
+        "a job asks for 2 accelerator(s) but this worker has 1 (['0']); lower "
+        "backend.accelerators or add devices"
+    )
