@@ -15,7 +15,6 @@ import json
 import os
 import shlex
 import sys
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -130,14 +129,20 @@ class RayBackend:
                 "model repository routes (--admin) change one process's models; on Ray, "
                 "redeploy the spec instead"
             )
+        import signal
+        import threading
+
         deployment = self.deploy(spec)
         print(f"serving on Ray Serve at {deployment.url}", file=sys.stderr, flush=True)
+        stopped = threading.Event()
+        previous = signal.signal(signal.SIGTERM, lambda *_: stopped.set())
         try:
-            while True:
-                time.sleep(1.0)
+            while not stopped.wait(1.0):
+                pass
         except KeyboardInterrupt:
             pass
         finally:
+            signal.signal(signal.SIGTERM, previous)
             deployment.stop()
 
     def submit(self, job: JobRequest) -> str:
