@@ -50,17 +50,17 @@ def _register_commands() -> None:
     )
 
     for module in (
-        version_cmd,
         quickstart_cmd,
-        ui_cmd,
-        serve_cmd,
-        train_cmd,
         plan_cmd,
         catalog_cmd,
+        train_cmd,
+        serve_cmd,
         runs_cmd,
         models_cmd,
         store_cmd,
         jobs_cmd,
+        ui_cmd,
+        version_cmd,
     ):
         module.register(app)
 
