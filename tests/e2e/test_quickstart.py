@@ -54,7 +54,7 @@ def test_fast_quickstart_reports_plausible_numbers_and_fills_the_store(
     assert _figure(r"accuracy\s*│\s*([\d.]+)%", out) / 100 >= ACCURACY_FLOOR
     assert _figure(r"energy\s*│\s*([\d.]+) J", out) > 0
     assert "estimated-cpu-time" in out or "measured-rapl" in out  # the energy's method
-    assert "catalog-price:local-cpu" in out  # the cost's method
+    assert "catalog-price:quickstart-core" in out  # the cost's method
     assert _figure(r"p99 latency\s*│\s*([\d.]+) ms", out) > 0
     assert _figure(r"throughput\s*│\s*([\d,]+) requests/s", out) > 0
     assert re.search(r"│ time\s*│\s*[\d.]+ s\s*│\s*[\d.]+ s\s*│\s*[\d.]+x", out)  # plan vs run

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,9 @@ def register(app: typer.Typer) -> None:
         ),
         track: bool = typer.Option(True, help="Record the run in the tracking store."),
         progress: bool = typer.Option(True, help="Show a progress bar."),
+        catalog_files: list[Path] = typer.Option(
+            [], "--catalog", help="Extra catalog file(s) adding or overriding entries."
+        ),
     ) -> None:
         """Train a model from a spec; checkpoints, resume, metering and tracking included.
 
@@ -49,7 +53,7 @@ def register(app: typer.Typer) -> None:
         }
         if not progress:
             overrides["progress"] = False
-        raise typer.Exit(_run_train(spec_path, overrides, metrics_port, track))
+        raise typer.Exit(_run_train(spec_path, overrides, metrics_port, track, catalog_files))
 
     @app.command()
     def profile(
@@ -61,29 +65,36 @@ def register(app: typer.Typer) -> None:
         accelerator: str | None = typer.Option(
             None, help="Catalog accelerator measured (default: the spec instance's)."
         ),
+        catalog_files: list[Path] = typer.Option(
+            [], "--catalog", help="Extra catalog file(s) adding or overriding entries."
+        ),
     ) -> None:
         """Measure a few steps and store the achieved fraction of peak for the planner."""
-        _run_profile(spec_path, steps, model_class, accelerator)
+        _run_profile(spec_path, steps, model_class, accelerator, catalog_files)
 
 
-def _context(spec_path: Path) -> tuple[Any, Any, Any]:
+def _context(spec_path: Path, catalog_files: Sequence[Path] = ()) -> tuple[Any, Any, Any]:
     from kilowatt.catalog import load_catalog
     from kilowatt.spec import Settings, TrainSpec, load_spec
 
     settings = Settings.from_env()
     spec = load_spec(TrainSpec, spec_path)
-    catalog = load_catalog(user_dir=settings.catalog_dir)
+    catalog = load_catalog(extra_files=catalog_files, user_dir=settings.catalog_dir)
     return settings, spec, catalog
 
 
 def _run_train(
-    spec_path: Path, overrides: dict[str, Any], metrics_port: int | None, track: bool
+    spec_path: Path,
+    overrides: dict[str, Any],
+    metrics_port: int | None,
+    track: bool,
+    catalog_files: Sequence[Path] = (),
 ) -> int:
     from kilowatt.meter import Accountant
     from kilowatt.train import EXIT_PREEMPTED
     from kilowatt.train.metrics import PrometheusCallback
 
-    settings, spec, catalog = _context(spec_path)
+    settings, spec, catalog = _context(spec_path, catalog_files)
     accountant = Accountant.from_catalog(
         catalog, spec.instance, spec.region, price_usd_per_hour=spec.price_usd_per_hour
     )
@@ -219,12 +230,16 @@ class _StepTimes:
 
 
 def _run_profile(
-    spec_path: Path, steps: int, model_class: str | None, accelerator: str | None
+    spec_path: Path,
+    steps: int,
+    model_class: str | None,
+    accelerator: str | None,
+    catalog_files: Sequence[Path] = (),
 ) -> None:
     from kilowatt.plan.calibration import default_calibration_path, record_measurement
     from kilowatt.train.entry import build_trainer
 
-    settings, spec, catalog = _context(spec_path)
+    settings, spec, catalog = _context(spec_path, catalog_files)
     seen = _StepTimes()
     trainer = build_trainer(
         spec,

@@ -75,7 +75,7 @@ def run_quickstart(options: QuickstartOptions, console: Any) -> tuple[Quickstart
     workload = load_workload(options.example)
     steps = options.steps or (FAST_STEPS if options.fast else workload.train.steps)
     load_s = options.load_duration_s or (_FAST_LOAD_S if options.fast else _FULL_LOAD_S)
-    catalog = load_catalog(user_dir=settings.catalog_dir)
+    catalog = load_catalog(extra_files=workload.catalog_files, user_dir=settings.catalog_dir)
     clock = _StageClock()
 
     console.rule("[bold]1/6 plan")
@@ -299,7 +299,7 @@ def _notes(training: TrainingOutcome, plan: Any) -> list[str]:
             )
     if account is not None and account.cost_usd == 0:
         notes.append(
-            "Cost is $0: the catalog prices local-cpu (a machine you own) at $0/h; set "
+            f"Cost is $0: the catalog prices {rec.instance} (a machine you own) at $0/h; set "
             "price_usd_per_hour in examples/quickstart/digits.yaml to bill it."
         )
     return notes

@@ -22,6 +22,7 @@ __all__ = ["FAST_STEPS", "Workload", "load_workload"]
 FAST_STEPS = 150
 TRAIN_SPEC_FILE = "digits.yaml"
 PLAN_SPEC_FILE = "plan.yaml"
+CATALOG_FILE = "catalog.yaml"
 #: What the example module must provide besides the spec's entry points.
 _MODULE_FUNCTIONS = ("accuracy", "example_request", "dataset_record", "export")
 
@@ -35,6 +36,12 @@ class Workload:
     train: TrainSpec
     plan: PlanSpec
     module: ModuleType
+
+    @property
+    def catalog_files(self) -> list[Path]:
+        """The example's own catalog entries (the share of this machine it trains on)."""
+        path = self.folder / CATALOG_FILE
+        return [path] if path.is_file() else []
 
     def plan_for(self, steps: int) -> PlanSpec:
         """The plan spec of a run of ``steps`` optimizer steps at the job's batch size."""
