@@ -7,15 +7,20 @@ Part 1, the same model, data, optimizer and steps, run in the same process by:
   (a store-backed recorder writing every logged step) and its final checkpoint;
 - lightning: ``lightning.Trainer`` with logging, checkpointing and the progress bar off.
 
-Each is timed end to end (model build to final save) several times, interleaved, and the
-median is reported as steps/s with the overhead against the raw loop. Target: <= 2%.
+Each is timed end to end (model build to final save) several times, interleaved (the order
+rotates every repeat so no variant always runs first), and the median is reported as steps/s
+with the overhead against the raw loop. Target: <= 2%. Wall time and this process's CPU time
+are both reported: on a machine shared with other jobs the CPU time (which includes
+kilowatt's sampler and flusher threads) is the steadier of the two. All variants run with
+the same torch thread count (``--threads``, default 1): an OpenMP pool as wide as the
+machine stalls whenever another process takes a core, which swamps what is measured here.
 
 Part 2, checkpoint stall per checkpoint for a ~100M-parameter model: how long the step
 loop is blocked by a synchronous save (serialise, write, fsync) versus an asynchronous one
 (copy to host memory; the write happens in a background thread). Target: async stall <=
 10% of the synchronous save time.
 
-Usage: python bench/train_overhead.py [--steps 800] [--repeats 3] [--ckpt-saves 3]
+Usage: python bench/train_overhead.py [--steps 800] [--repeats 3] [--threads 1] [--ckpt-saves 3]
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -150,44 +156,74 @@ def run_lightning(steps: int, folder: Path) -> float:
     return time.perf_counter() - started
 
 
-def overhead(steps: int, repeats: int) -> dict[str, dict[str, Any]]:
+def timed(runner: Any, steps: int, folder: Path, threads: int) -> tuple[float, float]:
+    """``runner``'s wall seconds (as it measures them) and this process's CPU seconds."""
+    torch.set_num_threads(threads)  # the same pool for every variant, whatever ran before
+    cpu_started = time.process_time()
+    wall_s = runner(steps, folder)
+    return wall_s, time.process_time() - cpu_started
+
+
+def overhead(steps: int, repeats: int, threads: int) -> dict[str, dict[str, Any]]:
     """End-to-end time at ``steps`` and at ``steps // 4``; the difference gives the cost of
     a step in the loop (steady state) apart from fixed start-up and final-save costs."""
     runners = {"raw": run_raw, "kilowatt": run_kilowatt, "lightning": run_lightning}
+    names = list(runners)
     short = max(1, steps // 4)
-    long_s: dict[str, list[float]] = {name: [] for name in runners}
-    short_s: dict[str, list[float]] = {name: [] for name in runners}
+    times: dict[str, dict[str, list[float]]] = {
+        name: {"long": [], "short": [], "long_cpu": [], "short_cpu": []} for name in runners
+    }
     with tempfile.TemporaryDirectory(prefix="kw-bench-train-") as scratch:
         os.environ["KILOWATT_HOME"] = str(Path(scratch) / "home")
         for runner in runners.values():  # warm-up: imports, allocator, thread pools
-            runner(min(steps, 20), Path(scratch))
-        for _ in range(repeats):
-            for name, runner in runners.items():
-                long_s[name].append(runner(steps, Path(scratch)))
-                short_s[name].append(runner(short, Path(scratch)))
-    rows: dict[str, dict[str, Any]] = {}
-    for name in runners:
-        total_s, small_s = statistics.median(long_s[name]), statistics.median(short_s[name])
-        step_s = (total_s - small_s) / (steps - short)
-        rows[name] = {
-            "median_s": total_s,
-            "steps_per_s": steps / total_s,
-            "loop_steps_per_s": 1.0 / step_s,
-            "fixed_s": small_s - short * step_s,
-            "runs_s": long_s[name],
-            "short_runs_s": short_s[name],
-        }
+            timed(runner, min(steps, 20), Path(scratch), threads)
+        for repeat in range(repeats):
+            order = names[repeat % len(names) :] + names[: repeat % len(names)]
+            for kind, count in (("long", steps), ("short", short)):
+                for name in order:
+                    wall_s, cpu_s = timed(runners[name], count, Path(scratch), threads)
+                    times[name][kind].append(wall_s)
+                    times[name][f"{kind}_cpu"].append(cpu_s)
+    return {name: _row(times[name], times["raw"], steps, short) for name in runners}
+
+
+def _row(
+    own: dict[str, list[float]], raw: dict[str, list[float]], steps: int, short: int
+) -> dict[str, Any]:
+    total_s, small_s = statistics.median(own["long"]), statistics.median(own["short"])
+    step_s = (total_s - small_s) / (steps - short)
+    raw_step_s = (statistics.median(raw["long"]) - statistics.median(raw["short"])) / (
+        steps - short
+    )
+    row: dict[str, Any] = {
+        "median_s": total_s,
+        "steps_per_s": steps / total_s,
+        "loop_steps_per_s": 1.0 / step_s,
+        "loop_overhead_us_per_step": (step_s - raw_step_s) * 1e6,
+        "fixed_s": small_s - short * step_s,
+        "runs_s": own["long"],
+        "short_runs_s": own["short"],
+        "cpu_runs_s": own["long_cpu"],
+        "cpu_short_runs_s": own["short_cpu"],
+    }
     # Ratios are taken within each repeat (runs seconds apart), then the median: on a
     # shared machine the load drifts between repeats far more than within one.
-    for name, row in rows.items():
-        row["overhead_vs_raw"] = statistics.median(
-            a / b - 1.0 for a, b in zip(long_s[name], long_s["raw"], strict=True)
+    for prefix, key in (("", "long"), ("cpu_", "long_cpu")):
+        row[f"{prefix}overhead_vs_raw"] = statistics.median(
+            a / b - 1.0 for a, b in zip(own[key], raw[key], strict=True)
         )
-        pairs = zip(long_s[name], short_s[name], long_s["raw"], short_s["raw"], strict=True)
-        row["loop_overhead_vs_raw"] = statistics.median(
+    for prefix, suffix in (("", ""), ("cpu_", "_cpu")):
+        pairs = zip(
+            own["long" + suffix],
+            own["short" + suffix],
+            raw["long" + suffix],
+            raw["short" + suffix],
+            strict=True,
+        )
+        row[f"{prefix}loop_overhead_vs_raw"] = statistics.median(
             (la - sa) / (lb - sb) - 1.0 for la, sa, lb, sb in pairs
         )
-    return rows
+    return row
 
 
 def make_big_model() -> nn.Module:
@@ -234,24 +270,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, every variant")
     parser.add_argument("--ckpt-saves", type=int, default=3)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")  # Lightning's advice about DataLoader workers
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    threads = max(1, args.threads)
 
-    loops = overhead(args.steps, args.repeats)
-    print(f"\ntraining overhead: {args.steps} steps, batch {BATCH}, median of {args.repeats}")
-    print("end to end = model build to final save; loop = per-step cost from the slope;")
-    print("'vs raw' = median over repeats of the ratio to the raw run of the same repeat")
+    loops = overhead(args.steps, args.repeats, threads)
     print(
-        f"{'loop':<10} {'e2e (s)':>8} {'steps/s':>8} {'vs raw':>7} "
-        f"{'loop steps/s':>13} {'vs raw':>7} {'fixed (s)':>10}"
+        f"\ntraining overhead: {args.steps} steps, batch {BATCH}, {threads} torch thread(s), "
+        f"median of {args.repeats}"
+    )
+    print("end to end = model build to final save; loop = per-step cost from the slope;")
+    print("'vs raw' = median over repeats of the ratio to the raw run of the same repeat;")
+    print("'cpu' = the same ratios on this process's CPU seconds instead of wall seconds")
+    print(
+        f"{'loop':<10} {'e2e (s)':>8} {'steps/s':>8} {'vs raw':>7} {'cpu':>7} "
+        f"{'loop steps/s':>13} {'vs raw':>7} {'cpu':>7} {'us/step':>8} {'fixed (s)':>10}"
     )
     for name, row in loops.items():
         print(
             f"{name:<10} {row['median_s']:>8.3f} {row['steps_per_s']:>8.1f} "
-            f"{row['overhead_vs_raw']:>+7.1%} {row['loop_steps_per_s']:>13.1f} "
-            f"{row['loop_overhead_vs_raw']:>+7.1%} {row['fixed_s']:>10.3f}"
+            f"{row['overhead_vs_raw']:>+7.1%} {row['cpu_overhead_vs_raw']:>+7.1%} "
+            f"{row['loop_steps_per_s']:>13.1f} {row['loop_overhead_vs_raw']:>+7.1%} "
+            f"{row['cpu_loop_overhead_vs_raw']:>+7.1%} "
+            f"{row['loop_overhead_us_per_step']:>+8.0f} {row['fixed_s']:>10.3f}"
         )
 
     stall = checkpoint_stall(args.ckpt_saves)
@@ -267,13 +310,13 @@ def main() -> None:
         json.dumps(
             {
                 "benchmark": "train_overhead",
-                "command": "python bench/train_overhead.py",
+                "command": "python bench/train_overhead.py " + " ".join(sys.argv[1:]),
                 "args": vars(args),
                 "machine": {
                     "python": platform.python_version(),
                     "torch": torch.__version__,
                     "cpus": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(),
+                    "torch_threads": threads,
                 },
                 "overhead": loops,
                 "checkpoint": stall,

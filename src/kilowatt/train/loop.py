@@ -93,7 +93,7 @@ class Loop:
         self.device = resolve_device(self.o.device, self.rank)
         self.global_batch = self.o.batch_size * self.o.grad_accum * self.world_size
         self.events = CallbackRunner(self._callbacks() if self.rank == 0 else [])
-        self.step, self.loss_sum, self.loss_count = 0, torch.zeros(()), 0
+        self.step, self.loss_count = 0, 0
         self.last_loss: float | None = None
         self.eval_metrics: dict[str, float] = {}
         self.best: float | None = None
@@ -120,6 +120,9 @@ class Loop:
             self.model = self._wrap(self.raw_model)
         self.scheduler = self.t.scheduler(self.optimizer) if self.t.scheduler else None
         self.autocast, self.scaler = _precision(self.o.precision, self.device)
+        # The loss is summed where it lives and read only when logged: reading a device
+        # tensor every step would make the host wait for the device every step.
+        self.loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
         self.checkpoints = make_checkpoint_manager(self.t, self.rank, self.world_size)
         self.data = BatchStream(
             self.t.train_data,
@@ -237,9 +240,11 @@ class Loop:
             skip_sync = not last and self.world_size > 1
             with self.model.no_sync() if skip_sync else contextlib.nullcontext():
                 with self.autocast():
-                    loss = self.t.compute_loss(self.model, batch) / self.o.grad_accum
+                    loss = self.t.compute_loss(self.model, batch)
+                    if self.o.grad_accum > 1:  # one more autograd node only when it matters
+                        loss = loss / self.o.grad_accum
                 self.scaler.scale(loss).backward()
-            self.loss_sum = self.loss_sum + loss.detach().float().cpu()
+            self.loss_sum.add_(loss.detach())
         if self.o.clip_grad_norm is not None:
             self.scaler.unscale_(self.optimizer)
             if self.sharded:  # each rank holds a shard; FSDP computes the global norm
@@ -257,7 +262,8 @@ class Loop:
     def _log(self, steps: int, elapsed_s: float, energy_j: float | None) -> None:
         # Reading the loss is a device sync point, so it happens only every log_every steps.
         self.last_loss = float(self.loss_sum) / max(1, self.loss_count)
-        self.loss_sum, self.loss_count = torch.zeros(()), 0
+        self.loss_sum.zero_()
+        self.loss_count = 0
         if self.rank != 0 or steps == 0:
             return
         samples_per_s = steps * self.global_batch / elapsed_s if elapsed_s > 0 else 0.0
