@@ -124,7 +124,7 @@ class Accountant:
             carbon_gco2e=carbon_gco2e(
                 measurement.energy_j, self.grid_intensity_gco2e_per_kwh, pue=self.pue
             ),
-            carbon_method=f"{measurement.method}x{self.carbon_source}",
+            carbon_method=f"{measurement.method}@{self.carbon_source}",
         )
 
 
