@@ -354,3 +354,37 @@ def test_fsdp_on_cpu_asks_for_cuda_or_ddp() -> None:
 
     with pytest.raises(SpecError, match="fsdp: true needs CUDA devices; on CPU set fsdp: false"):
         wrap_fsdp(tiny.make_model(), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("grad_accum", [1, 3])
+def test_logged_loss_is_the_mean_of_the_interval(tmp_path: Path, grad_accum: int) -> None:
+    # The loss is summed on the device and read only when logged; what is logged must still
+    # be the mean of every micro-batch's loss since the previous log.
+    seen: list[float] = []
+
+    def training_step(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        inputs, targets = batch
+        loss = tiny.loss_fn(model(inputs), targets)
+        seen.append(float(loss.detach()))
+        return loss
+
+    recorder = _Recorder()
+    Trainer(
+        tiny.make_model,
+        tiny.make_optimizer,
+        train_data=tiny.make_dataset(),
+        training_step=training_step,
+        meter=None,
+        progress=False,
+        batch_size=8,
+        grad_accum=grad_accum,
+        steps=10,
+        log_every=5,
+        resume="never",
+        checkpoint={"url": str(tmp_path), "every": "100"},
+        callbacks=[recorder],
+    ).fit()
+    per_log = 5 * grad_accum
+    expected = [sum(seen[i : i + per_log]) / per_log for i in range(0, len(seen), per_log)]
+    assert len(expected) == 2
+    assert [event.loss for event in recorder.steps] == pytest.approx(expected, rel=1e-6)
