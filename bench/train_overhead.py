@@ -225,6 +225,28 @@ def _row(
     return row
 
 
+def python_calls_per_step(steps: int, threads: int) -> dict[str, float]:
+    """Python function calls per step in each loop (slope between two lengths): a count, so
+    unlike a time it does not move with the load other jobs put on the machine."""
+    import cProfile
+    import pstats
+
+    runners = {"raw": run_raw, "kilowatt": run_kilowatt, "lightning": run_lightning}
+    short, long = max(1, steps // 8), max(2, steps // 2)
+    calls: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="kw-bench-calls-") as scratch:
+        os.environ["KILOWATT_HOME"] = str(Path(scratch) / "home")
+        for name, runner in runners.items():
+            timed(runner, short, Path(scratch), threads)  # first-use costs (store set-up)
+            totals = []
+            for count in (short, long):
+                profiler = cProfile.Profile()
+                profiler.runcall(timed, runner, count, Path(scratch), threads)
+                totals.append(pstats.Stats(profiler).total_calls)  # type: ignore[attr-defined]
+            calls[name] = (totals[1] - totals[0]) / (long - short)
+    return calls
+
+
 def make_big_model() -> nn.Module:
     # 10 layers of 3072 x 3072 (+ bias): 94.4M parameters, 378 MB in fp32.
     return nn.Sequential(*[nn.Linear(3072, 3072) for _ in range(10)])
@@ -300,6 +322,11 @@ def main() -> None:
             f"{row['cpu_loop_overhead_us_per_step']:>+6.0f} {row['fixed_s']:>10.3f}"
         )
 
+    calls = python_calls_per_step(args.steps, threads)
+    print("\npython calls per step in the loop (cProfile, slope; load-independent)")
+    for name, count in calls.items():
+        print(f"{name:<10} {count:>8.0f}  ({count / calls['raw'] - 1.0:+.1%} vs raw)")
+
     stall = checkpoint_stall(args.ckpt_saves)
     print(f"\ncheckpoint stall, {stall['parameters'] / 1e6:.1f}M parameters (median of saves)")
     print(f"{'mode':<6} {'stall (s)':>10} {'write (s)':>10}")
@@ -322,6 +349,7 @@ def main() -> None:
                     "torch_threads": threads,
                 },
                 "overhead": loops,
+                "python_calls_per_step": calls,
                 "checkpoint": stall,
                 "targets": {"overhead_vs_raw": 0.02, "async_stall_over_sync_save": 0.10},
             },
