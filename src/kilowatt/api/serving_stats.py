@@ -1,9 +1,10 @@
 """Latency percentiles and throughput of a deployment, read from its Prometheus ``/metrics``.
 
-The serving engine exports ``kilowatt_serve_request_latency_seconds`` (a histogram) and
-``kilowatt_serve_requests_total``. Percentiles are interpolated inside histogram buckets,
-as Prometheus' ``histogram_quantile`` does; throughput is the request rate between two
-scrapes by this server, or the average since the deployment was created on the first one.
+The serving engine exports ``kilowatt_serve_request_latency_seconds`` (a histogram),
+``kilowatt_serve_requests_total`` and ``kilowatt_serve_energy_joules_total``. Percentiles
+are interpolated inside histogram buckets, as Prometheus' ``histogram_quantile`` does;
+throughput is the request rate between two scrapes by this server, or the average since the
+deployment was created on the first one.
 """
 
 from __future__ import annotations
@@ -16,10 +17,17 @@ from dataclasses import dataclass
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["DeploymentStats", "ScrapeCache", "histogram_quantile", "parse_serving_metrics"]
+__all__ = [
+    "DeploymentStats",
+    "ScrapeCache",
+    "ServingMetrics",
+    "histogram_quantile",
+    "parse_serving_metrics",
+]
 
 LATENCY_METRIC = "kilowatt_serve_request_latency_seconds"
 REQUESTS_METRIC = "kilowatt_serve_requests"
+ENERGY_METRIC = "kilowatt_serve_energy_joules"
 SCRAPE_TIMEOUT_S = 2.0
 
 
@@ -63,10 +71,22 @@ def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | 
     return None
 
 
-def parse_serving_metrics(text: str) -> tuple[list[tuple[float, float]], float]:
-    """Latency buckets summed over models and versions, and the total request count."""
+@dataclass(frozen=True)
+class ServingMetrics:
+    """A kilowatt server's ``/metrics``, summed over models and versions."""
+
+    latency_buckets: list[tuple[float, float]]
+    """(upper bound in seconds, cumulative count), ascending."""
+    requests: float
+    energy_j: float | None
+    """Joules of forward passes; None when the server exports no energy."""
+
+
+def parse_serving_metrics(text: str) -> ServingMetrics:
+    """Latency buckets, request count and energy from Prometheus exposition ``text``."""
     buckets: dict[float, float] = {}
     requests = 0.0
+    energy_j: float | None = None
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == f"{LATENCY_METRIC}_bucket":
@@ -74,7 +94,9 @@ def parse_serving_metrics(text: str) -> tuple[list[tuple[float, float]], float]:
                 buckets[bound] = buckets.get(bound, 0.0) + sample.value
             elif sample.name == f"{REQUESTS_METRIC}_total":
                 requests += sample.value
-    return sorted(buckets.items()), requests
+            elif sample.name == f"{ENERGY_METRIC}_total":
+                energy_j = (energy_j or 0.0) + sample.value
+    return ServingMetrics(sorted(buckets.items()), requests, energy_j)
 
 
 class ScrapeCache:
@@ -92,7 +114,8 @@ class ScrapeCache:
         try:
             response = httpx.get(url, timeout=SCRAPE_TIMEOUT_S)
             response.raise_for_status()
-            buckets, requests = parse_serving_metrics(response.text)
+            scraped = parse_serving_metrics(response.text)
+            buckets, requests = scraped.latency_buckets, scraped.requests
         except (httpx.HTTPError, ValueError) as exc:
             return DeploymentStats.unavailable(url, f"cannot read {url}: {exc}")
         now = time.time()

@@ -34,8 +34,6 @@ __all__ = [
 
 _READY_TIMEOUT_S = 120.0
 _DRAIN_TIMEOUT_S = 30.0
-_LATENCY_METRIC = "kilowatt_serve_request_latency_seconds"
-_ENERGY_METRIC = "kilowatt_serve_energy_joules"
 
 
 @dataclass(frozen=True)
@@ -252,22 +250,11 @@ def scrape_server_metrics(endpoint: str) -> tuple[list[LatencyBucket], float | N
     """The server's latency histogram, joules of forward passes and requests answered,
     read from its Prometheus ``/metrics``."""
     import httpx
-    from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(f"{endpoint}/metrics", timeout=10.0).text
-    cumulative: dict[float, float] = {}
-    energy_j: float | None = None
-    requests = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == f"{_LATENCY_METRIC}_bucket":
-                bound = float(sample.labels["le"])
-                cumulative[bound] = cumulative.get(bound, 0.0) + sample.value
-            elif sample.name == f"{_LATENCY_METRIC}_count":
-                requests += sample.value
-            elif sample.name == f"{_ENERGY_METRIC}_total":
-                energy_j = (energy_j or 0.0) + sample.value
-    return _buckets(cumulative), energy_j, int(requests)
+    from kilowatt.api.serving_stats import parse_serving_metrics
+
+    scraped = parse_serving_metrics(httpx.get(f"{endpoint}/metrics", timeout=10.0).text)
+    return _buckets(dict(scraped.latency_buckets)), scraped.energy_j, int(scraped.requests)
 
 
 def _buckets(cumulative: dict[float, float]) -> list[LatencyBucket]:
