@@ -14,7 +14,8 @@ API maps each class to one HTTP status (``kilowatt.api``).
     ├── StoreError             the tracking store refused an operation
     │   ├── NotFound           a run, model, dataset, ... does not exist
     │   ├── Conflict           the operation clashes with existing state
-    │   └── AuditTampered      the audit hash chain does not verify
+    │   ├── AuditTampered      the audit hash chain does not verify
+    │   └── BackupError        a backup cannot be written, read, verified or restored
     ├── ServeError             a model cannot be loaded or a request cannot be served
     │   └── Overloaded         admission control refused a request
     ├── PermissionDenied       the caller's role does not allow the operation
@@ -26,6 +27,7 @@ from __future__ import annotations
 __all__ = [
     "AuditTampered",
     "BackendError",
+    "BackupError",
     "CatalogError",
     "CatalogLookupError",
     "CheckpointError",
@@ -84,6 +86,10 @@ class Conflict(StoreError):
 
 class AuditTampered(StoreError):
     """The audit log's hash chain does not verify; the message names the first bad event."""
+
+
+class BackupError(StoreError):
+    """A backup cannot be written, read, verified or restored; the message names the object."""
 
 
 class ServeError(KilowattError):

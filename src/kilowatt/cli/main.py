@@ -39,6 +39,7 @@ def _register_commands() -> None:
         catalog_cmd,
         jobs_cmd,
         models_cmd,
+        ops_cmd,
         plan_cmd,
         quickstart_cmd,
         runs_cmd,
@@ -59,6 +60,7 @@ def _register_commands() -> None:
         models_cmd,
         store_cmd,
         jobs_cmd,
+        ops_cmd,
         ui_cmd,
         version_cmd,
     ):

@@ -161,6 +161,15 @@ class ArtifactsMixin(RunsMixin):
         partial.replace(destination)
         return destination
 
+    def open_blob(self, sha256: str) -> IO[bytes]:
+        """Open the stored bytes with this hash (for backups); close it when done."""
+        fs, _root = self._filesystem()
+        return fs.open(self._blob_path(sha256), "rb")
+
+    def put_blob(self, path: Path, sha256: str) -> None:
+        """Store a local file whose hash the caller has verified (for restores)."""
+        self._upload(path, sha256)
+
     def _find_artifact(self, run_id: str, name: str) -> Artifact | None:
         query = sa.select(t.artifacts).where(
             t.artifacts.c.run_id == run_id, t.artifacts.c.name == name

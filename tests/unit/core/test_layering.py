@@ -27,6 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "bench": {"errors", "spec", "units", "plan", "meter", "serve"},
     "backends": {"errors", "spec", "units", "train", "serve", "meter", "store", "data"},
     "api": {"errors", "spec", "units", "catalog", "plan", "meter", "store", "backends"},
+    "ops": {"errors", "spec", "units", "catalog", "store"},
 }
 
 
