@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from kilowatt.spec import Settings
@@ -74,4 +76,46 @@ def _register_backup(app: typer.Typer) -> None:
 
 
 def _register_export(export: typer.Typer) -> None:
-    del export  # filled in by the monitoring exports
+    @export.command("prometheus")
+    def prometheus(
+        out: Path = typer.Option(Path("prometheus"), help="folder for prometheus.yml + rules"),
+        api_url: str | None = typer.Option(
+            "http://127.0.0.1:8765", help="the `kilowatt ui` server to scrape ('' to skip)"
+        ),
+        api_token_file: str | None = typer.Option(None, help="file holding an API token"),
+        serve_url: list[str] = typer.Option(
+            [], help="more `kilowatt serve` base URLs (servers of files are not recorded)"
+        ),
+        scrape_interval_s: float = typer.Option(15.0, help="scrape interval"),
+        evaluation_interval_s: float = typer.Option(15.0, help="rule evaluation interval"),
+        latency_slo_ms: float = typer.Option(500.0, help="serving latency objective"),
+        slo_target: float = typer.Option(0.99, help="share of requests under the objective"),
+        burn_long_s: float = typer.Option(3600.0, help="long window of the fast burn alert"),
+        burn_short_s: float = typer.Option(300.0, help="short window of the fast burn alert"),
+        energy_budget_j: float = typer.Option(1.0, help="energy budget per request (J)"),
+        error_ratio: float = typer.Option(0.01, help="5xx share that alerts"),
+        shed_ratio: float = typer.Option(0.05, help="429 share that alerts"),
+        queue_fraction: float = typer.Option(0.8, help="queue depth / capacity that alerts"),
+        train_stall_s: float = typer.Option(600.0, help="no training step for this long alerts"),
+        for_s: float = typer.Option(120.0, help="how long a condition holds before it fires"),
+    ) -> None:
+        """Write a Prometheus scrape configuration for the API server, every running
+        deployment and training job in the store, and alert rules for them."""
+        from kilowatt.ops.prometheus import AlertOptions, write_prometheus
+        from kilowatt.store import open_store
+
+        options = AlertOptions(
+            latency_slo_s=latency_slo_ms / 1e3, slo_target=slo_target,
+            burn_long_s=burn_long_s, burn_short_s=burn_short_s,
+            energy_per_request_j=energy_budget_j, error_ratio=error_ratio,
+            shed_ratio=shed_ratio, queue_fraction=queue_fraction,
+            train_stall_s=train_stall_s, for_s=for_s,
+        )  # fmt: skip
+        with open_store(Settings.from_env()) as store:
+            written = write_prometheus(
+                out, store, options,
+                api_url=api_url or None, api_token_file=api_token_file, serve_urls=serve_url,
+                scrape_interval_s=scrape_interval_s, evaluation_interval_s=evaluation_interval_s,
+            )  # fmt: skip
+        for path, summary in written:
+            typer.echo(f"wrote {path} ({summary})")

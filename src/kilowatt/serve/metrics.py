@@ -72,6 +72,10 @@ class ServeMetrics:
             "kilowatt_serve_queue_depth", "Requests waiting for a batch.",
             _MV, registry=reg, multiprocess_mode="livesum",
         )  # fmt: skip
+        self.queue_capacity = Gauge(
+            "kilowatt_serve_queue_capacity", "Most requests that may wait; more get 429.",
+            _MV, registry=reg, multiprocess_mode="livesum",
+        )  # fmt: skip
         self.in_flight = Gauge(
             "kilowatt_serve_in_flight_requests", "Requests admitted and not yet answered.",
             ("model",), registry=reg, multiprocess_mode="livesum",
@@ -134,6 +138,7 @@ class ServeMetrics:
         """Record one batch (called on the inference thread)."""
         labels = (engine.name, engine.version)
         self.queue_depth.labels(*labels).set(engine.batcher.depth)
+        self.queue_capacity.labels(*labels).set(engine.batcher.queue_capacity)
         if report.expired:
             self.shed.labels(engine.name, "deadline").inc(report.expired)
         if not report.requests:

@@ -14,17 +14,22 @@ rank 0 (a worker process when ``workers > 1``) and stops it when the fit ends.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from kilowatt.train.callbacks import Callback, FitResult, FitStart, StepEvent
+from kilowatt.train.callbacks import Callback, CheckpointEvent, FitResult, FitStart, StepEvent
 
 __all__ = ["PrometheusCallback"]
 
 
 class PrometheusCallback(Callback):
-    """Exposes step, loss, throughput, step time and power as gauges.
+    """Exposes step, loss, throughput, step time, power and the last checkpoint as gauges.
+
+    The last checkpoint's step and wall-clock time start at the fit's start (a job that has
+    not checkpointed yet is as old as its start), so an alert can compare their age with
+    the job's checkpoint interval.
 
     Args:
         registry: the registry to fill (a fresh one per job when None).
@@ -58,6 +63,9 @@ class PrometheusCallback(Callback):
                 "samples_per_second": "Global training throughput in samples per second.",
                 "step_seconds": "Mean seconds per optimizer step over the last interval.",
                 "power_watts": "Average power of the job over the last interval, watts.",
+                "last_checkpoint_step": "Step of the newest checkpoint (or of the start).",
+                "last_checkpoint_timestamp_seconds": "Unix time of the newest checkpoint "
+                "(or of the start).",
             }
             self._gauges = {
                 key: Gauge(f"kilowatt_train_{key}", text, registry=self.registry)
@@ -67,6 +75,8 @@ class PrometheusCallback(Callback):
 
     def on_fit_start(self, event: FitStart) -> None:
         self._gauge("step").set(event.start_step)
+        self._gauge("last_checkpoint_step").set(event.start_step)
+        self._gauge("last_checkpoint_timestamp_seconds").set(time.time())
         if self.port is not None and self._server is None:
             self._server, _ = start_http_server(self.port, addr="127.0.0.1", registry=self.registry)
             self.bound_port = int(self._server.server_port)
@@ -78,6 +88,11 @@ class PrometheusCallback(Callback):
         self._gauge("step_seconds").set(event.step_time_s)
         if event.power_w is not None:
             self._gauge("power_watts").set(event.power_w)
+
+    def on_checkpoint(self, event: CheckpointEvent) -> None:
+        self._gauge("last_checkpoint_step").set(event.step)
+        # wall-clock on purpose: Prometheus compares it with time()
+        self._gauge("last_checkpoint_timestamp_seconds").set(time.time())
 
     def on_fit_end(self, result: FitResult) -> None:
         self._gauge("step").set(result.steps)
