@@ -15,7 +15,9 @@ def register(app: typer.Typer) -> None:
     from kilowatt.cli.jobs_cmd import _export_group
 
     _register_backup(app)
-    _register_export(_export_group(app))
+    export = _export_group(app)
+    _register_export(export)
+    _register_grafana(export)
 
 
 def _register_backup(app: typer.Typer) -> None:
@@ -119,3 +121,26 @@ def _register_export(export: typer.Typer) -> None:
             )  # fmt: skip
         for path, summary in written:
             typer.echo(f"wrote {path} ({summary})")
+
+
+def _register_grafana(export: typer.Typer) -> None:
+    @export.command("grafana")
+    def grafana(
+        out: Path = typer.Option(Path("kilowatt-dashboard.json"), help="dashboard JSON file"),
+        region: str = typer.Option(
+            "local", help="catalog region whose grid intensity the carbon panels use"
+        ),
+    ) -> None:
+        """Write a Grafana dashboard (serving, training, energy and carbon) for provisioning."""
+        import json
+
+        from kilowatt.catalog import load_catalog
+        from kilowatt.ops.grafana import dashboard
+
+        settings = Settings.from_env()
+        grid = load_catalog(user_dir=settings.catalog_dir).region(region)
+        board = dashboard(grid_gco2e_per_kwh=grid.grid_intensity_gco2e_per_kwh, region=region)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(board, indent=2) + "\n")
+        panels = sum(1 for panel in board["panels"] if panel["type"] != "row")
+        typer.echo(f"wrote {out} ({panels} panels, uid {board['uid']})")
