@@ -13,6 +13,9 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -20,7 +23,14 @@ import sqlalchemy as sa
 
 from kilowatt.errors import BackupError
 
-__all__ = ["dialect_of", "dump_postgres", "restore_postgres", "snapshot_sqlite", "sqlite_path"]
+__all__ = [
+    "dialect_of",
+    "dump_postgres",
+    "restore_postgres",
+    "scratch_postgres",
+    "snapshot_sqlite",
+    "sqlite_path",
+]
 
 
 def dialect_of(store_url: str) -> str:
@@ -66,15 +76,16 @@ def snapshot_sqlite(source: Path, destination: Path) -> None:
         live.close()
 
 
-def _libpq_args(store_url: str) -> list[str]:
-    """Connection arguments for PostgreSQL's tools, from a SQLAlchemy URL."""
+def _libpq_args(store_url: str, *, dump: bool = False) -> list[str]:
+    """Connection arguments for PostgreSQL's tools, from a SQLAlchemy URL; ``dump`` adds
+    the store's schema, if it has its own (a restore then holds just that schema)."""
     url = sa.make_url(store_url)
     options = url.query.get("options")
     options_text = options if isinstance(options, str) else " ".join(options or ())
     plain = url.set(drivername="postgresql", query={})
     args = [f"--dbname={plain.render_as_string(hide_password=False)}"]
     schema = _search_path_schema(unquote(options_text))
-    if schema is not None:
+    if dump and schema is not None:
         args.append(f"--schema={schema}")
     return args
 
@@ -107,7 +118,7 @@ def _run(command: list[str], what: str) -> None:
 def dump_postgres(store_url: str, destination: Path) -> None:
     """``pg_dump`` the store to ``destination`` (custom format, one snapshot transaction)."""
     command = [_tool("pg_dump"), "--format=custom", "--no-owner", "--no-privileges"]
-    _run([*command, f"--file={destination}", *_libpq_args(store_url)], "pg_dump")
+    _run([*command, f"--file={destination}", *_libpq_args(store_url, dump=True)], "pg_dump")
 
 
 def restore_postgres(dump: Path, store_url: str) -> None:
@@ -126,3 +137,33 @@ def restore_postgres(dump: Path, store_url: str) -> None:
         "--no-privileges",
     ]
     _run([*command, *_libpq_args(store_url), str(dump)], "pg_restore")
+
+
+@contextmanager
+def scratch_postgres(store_url: str) -> Iterator[str]:
+    """A throwaway database beside the store's (same server, same schema options), dropped
+    on exit: a dump is checked there before it replaces anything.
+
+    Raises:
+        BackupError: the role may not create databases.
+    """
+    url = sa.make_url(store_url)
+    name = f"kilowatt_restore_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except sa.exc.DBAPIError as error:
+        admin.dispose()
+        reason = str(error).splitlines()[0]
+        raise BackupError(
+            f"cannot create a scratch database to check the backup in ({reason});"
+            f" grant CREATEDB to {url.username!r} so a restore can be verified before it "
+            "replaces the store"
+        ) from None
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()

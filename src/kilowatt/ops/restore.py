@@ -3,8 +3,9 @@
 A restore never edits the existing home: it builds the new one in a staging folder beside
 it (every object's hash checked on the way), opens the restored store there (a backup from
 a newer kilowatt is refused by the schema check), verifies the audit chain, and only then
-swaps the staging folder in with two renames. PostgreSQL is loaded with ``pg_restore`` in
-one transaction after the files are staged and before the swap.
+swaps the staging folder in with two renames. A PostgreSQL dump is first loaded and checked
+in a scratch database on the same server, then loaded into the store with ``pg_restore`` in
+one transaction, after the files are staged and before the swap.
 
 The audit key (see ``AUDIT_KEY_FILE``) is not in a backup unless it was taken with
 ``--include-audit-key``: the restore verifies the chain with the key of the environment or
@@ -28,7 +29,7 @@ import sqlalchemy as sa
 
 from kilowatt.errors import BackupError
 from kilowatt.ops.backup import AUDIT_KEY_FILE, local_path_in
-from kilowatt.ops.database import dialect_of, restore_postgres, sqlite_path
+from kilowatt.ops.database import dialect_of, restore_postgres, scratch_postgres, sqlite_path
 from kilowatt.ops.repository import BackupObject, BackupRepository, Manifest
 from kilowatt.spec import Settings
 from kilowatt.store import Store, open_store
@@ -108,8 +109,9 @@ def restore_backup(
                 staged.put(repository, item, Path(scratch))
             staged.carry_audit_key(home)
             if manifest.dialect == "postgresql":
-                restore_postgres(Path(scratch) / "database", settings.store_url)
-            events = _verify_restored(staged.store_url, staged.artifacts_url, check_blobs=True)
+                events = _restore_postgres(Path(scratch) / "database", settings, staged)
+            else:
+                events = _verify_restored(staged.store_url, staged.artifacts_url, check_blobs=True)
         _swap(staging, home)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -218,6 +220,15 @@ class _StagedHome:
         key, staged = home / AUDIT_KEY_FILE, self.staging / AUDIT_KEY_FILE
         if key.is_file() and not staged.exists():
             shutil.copy2(key, staged)
+
+
+def _restore_postgres(dump: Path, settings: Settings, staged: _StagedHome) -> int:
+    """Check the dump in a scratch database, then load it into the store in one transaction."""
+    with scratch_postgres(settings.store_url) as scratch_url:
+        restore_postgres(dump, scratch_url)
+        events = _verify_restored(scratch_url, staged.artifacts_url, check_blobs=True)
+    restore_postgres(dump, settings.store_url)
+    return events
 
 
 def _verify_restored(store_url: str, artifacts_url: str, *, check_blobs: bool) -> int:

@@ -148,6 +148,67 @@ def test_a_dropped_postgresql_store_is_restored_identically(
         admin.dispose()
 
 
+@pytest.mark.postgres
+def test_a_schema_store_refuses_a_newer_backup_untouched_then_restores_an_older_one(
+    pg_schema: str,
+    clean_environment: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    store_url = f"{PG_URL}?options=-csearch_path%3D{pg_schema}"
+    monkeypatch.setenv("KILOWATT_STORE_URL", store_url)
+    settings = Settings.from_env()
+    _fill(clean_environment, tmp_path / "work")
+    before = _read(settings)
+    target = tmp_path / "backups"
+    assert _cli(capsys, "backup", str(target))[0] == 0
+    good = BackupRepository(str(target)).snapshots()[-1]
+    engine = sa.create_engine(store_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE alembic_version SET version_num = '9999_future'")
+    assert _cli(capsys, "backup", str(target))[0] == 0  # a "newer kilowatt" wrote this one
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DELETE FROM tags")  # the store moves on after the backup
+    code, out = _cli(capsys, "restore", "--force", str(target))
+    assert code == 1
+    assert "written by a newer kilowatt" in out
+    with engine.connect() as connection:  # checked in a scratch database: the store is as it was
+        assert connection.exec_driver_sql("SELECT count(*) FROM tags").scalar_one() == 0
+        version = connection.exec_driver_sql("SELECT version_num FROM alembic_version")
+        assert version.scalar_one() == "9999_future"
+    engine.dispose()
+    code, out = _cli(capsys, "restore", "--force", "--snapshot", good, str(target))
+    assert code == 0, out
+    assert _read(settings) == before
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A fresh PostgreSQL schema in the test database, dropped afterwards."""
+    name = f"kw_backup_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"CREATE SCHEMA {name}")
+    except sa.exc.OperationalError as error:
+        admin.dispose()
+        _unavailable(error)
+    try:
+        yield name
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+        admin.dispose()
+
+
+def _unavailable(error: Exception) -> None:
+    problem = f"PostgreSQL is not reachable at {PG_URL}: {str(error).splitlines()[0]}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(problem)
+    pytest.skip(problem)
+
+
 @pytest.fixture
 def backed_up(clean_environment: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     """A filled home and the folder holding one complete backup of it."""
@@ -331,10 +392,7 @@ def pg_database_url() -> Iterator[str]:
             connection.exec_driver_sql(f"CREATE DATABASE {name}")
     except sa.exc.OperationalError as error:
         admin.dispose()
-        problem = f"PostgreSQL is not reachable at {PG_URL}: {str(error).splitlines()[0]}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(problem)
-        pytest.skip(problem)
+        _unavailable(error)
     try:
         yield sa.make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
     finally:
