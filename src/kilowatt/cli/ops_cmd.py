@@ -36,6 +36,10 @@ def _register_backup(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Snapshot the store, artifacts and checkpoints to URL (incremental), or --verify."""
+        if snapshot is not None and not verify:
+            from kilowatt.errors import SpecError
+
+            raise SpecError(f"--snapshot {snapshot} names a snapshot to check: add --verify")
         if verify:
             from kilowatt.ops.restore import verify_backup
 

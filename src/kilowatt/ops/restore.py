@@ -192,8 +192,9 @@ class _StagedHome:
             local = scratch / "file"
             repository.fetch_object(item, local)
             fs, path = fsspec.core.url_to_fs(item.name)
-            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-            fs.put_file(str(local), path)
+            if not fs.exists(path):  # never overwrite what lives outside the home
+                fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+                fs.put_file(str(local), path)
         else:
             repository.fetch_object(item, self._inside(item))
 
