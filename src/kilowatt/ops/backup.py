@@ -86,9 +86,10 @@ def take_backup(
         for location in references.checkpoint_locations:
             _copy_tree(location, settings.home, "checkpoint", writer)
         _copy_home_files(settings, writer, include_audit_key, database.name)
+        now_s = clock()
         manifest = Manifest(
-            snapshot=_snapshot_id(clock()),
-            created_at=clock(),
+            snapshot=_snapshot_id(now_s),
+            created_at=now_s,
             dialect=dialect,
             schema_revision=references.schema_revision,
             audit_events=references.audit_events,

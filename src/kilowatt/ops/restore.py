@@ -33,6 +33,7 @@ from kilowatt.ops.database import dialect_of, restore_postgres, scratch_postgres
 from kilowatt.ops.repository import BackupObject, BackupRepository, Manifest
 from kilowatt.spec import Settings
 from kilowatt.store import Store, open_store
+from kilowatt.store import schema as t
 from kilowatt.store._engine import schema_revision
 
 __all__ = ["RestoreReport", "restore_backup", "verify_audit_chain", "verify_backup"]
@@ -75,9 +76,7 @@ def verify_backup(url: str, *, snapshot: str | None = None) -> RestoreReport:
             database = _database_object(manifest)
             copy = Path(scratch) / database.name
             repository.fetch_object(database, copy)
-            events = _verify_restored(
-                f"sqlite:///{copy}", str(Path(scratch) / "artifacts"), check_blobs=False
-            )
+            events = _verify_restored(f"sqlite:///{copy}", str(Path(scratch)), manifest)
     return RestoreReport(manifest, len(manifest.objects), events)
 
 
@@ -109,9 +108,10 @@ def restore_backup(
                 staged.put(repository, item, Path(scratch))
             staged.carry_audit_key(home)
             if manifest.dialect == "postgresql":
-                events = _restore_postgres(Path(scratch) / "database", settings, staged)
+                dump = Path(scratch) / "database"
+                events = _restore_postgres(dump, settings, staged, manifest)
             else:
-                events = _verify_restored(staged.store_url, staged.artifacts_url, check_blobs=True)
+                events = _verify_restored(staged.store_url, staged.artifacts_url, manifest)
         _swap(staging, home)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -223,38 +223,38 @@ class _StagedHome:
             shutil.copy2(key, staged)
 
 
-def _restore_postgres(dump: Path, settings: Settings, staged: _StagedHome) -> int:
+def _restore_postgres(
+    dump: Path, settings: Settings, staged: _StagedHome, manifest: Manifest
+) -> int:
     """Check the dump in a scratch database, then load it into the store in one transaction."""
     with scratch_postgres(settings.store_url) as scratch_url:
         restore_postgres(dump, scratch_url)
-        events = _verify_restored(scratch_url, staged.artifacts_url, check_blobs=True)
+        events = _verify_restored(scratch_url, staged.artifacts_url, manifest)
     restore_postgres(dump, settings.store_url)
     return events
 
 
-def _verify_restored(store_url: str, artifacts_url: str, *, check_blobs: bool) -> int:
+def _verify_restored(store_url: str, artifacts_url: str, manifest: Manifest) -> int:
+    """Open the restored store (refusing a newer schema), verify its audit chain and check
+    that the snapshot holds every artifact it references; the number of audit events."""
     with open_store(url=store_url, artifacts_url=artifacts_url, actor="restore") as store:
         events = verify_audit_chain(store)
-        if check_blobs:
-            _check_blobs(store)
+        _check_blobs(store, manifest)
     return events
 
 
-def _check_blobs(store: Store) -> None:
-    from kilowatt.store import schema as t
-
+def _check_blobs(store: Store, manifest: Manifest) -> None:
+    held = {item.sha256 for item in manifest.objects if item.kind == "artifact"}
     with store.engine.connect() as connection:
         rows = connection.execute(
             sa.select(t.artifacts.c.run_id, t.artifacts.c.name, t.artifacts.c.sha256)
         ).all()
     for run_id, name, sha256 in rows:
-        try:
-            store.open_blob(sha256).close()
-        except FileNotFoundError:
+        if sha256 not in held:
             raise BackupError(
                 f"artifact {name!r} of run {run_id} (sha256 {sha256[:12]}) is not in the "
                 "backup; the snapshot is incomplete"
-            ) from None
+            )
 
 
 def _swap(staging: Path, home: Path) -> None:

@@ -269,6 +269,18 @@ def test_a_failed_restore_leaves_the_existing_home_untouched(
     )  # no staging folder left behind
 
 
+def test_a_snapshot_missing_an_artifact_the_store_references_fails_verify(
+    backed_up: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repository = BackupRepository(str(backed_up))
+    manifest = repository.read_manifest()
+    kept = tuple(item for item in manifest.objects if item.kind != "artifact")
+    repository.write_manifest(dataclasses.replace(manifest, snapshot="z-incomplete", objects=kept))
+    code, out = _cli(capsys, "backup", "--verify", str(backed_up))
+    assert code == 1
+    assert "artifact 'model.pt' of run" in out and "is not in the backup" in out
+
+
 def test_restore_over_a_non_empty_home_needs_force(
     backed_up: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
