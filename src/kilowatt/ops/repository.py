@@ -16,7 +16,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,6 @@ class Manifest:
     objects: tuple[BackupObject, ...]
     kilowatt_version: str = kilowatt.__version__
     format: int = BACKUP_FORMAT
-    notes: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """The manifest as JSON, with a SHA-256 of its own body to catch edits."""
