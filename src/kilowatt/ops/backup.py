@@ -101,8 +101,9 @@ def take_backup(
 
 
 def _snapshot_id(now_s: float) -> str:
-    stamp = datetime.fromtimestamp(now_s, tz=UTC).strftime("%Y%m%dT%H%M%S")
-    return f"{stamp}{f'{now_s % 1:.6f}'[1:]}Z-{uuid.uuid4().hex[:6]}"
+    # UTC to the microsecond first, so ids sort by time and the newest is the last
+    stamp = datetime.fromtimestamp(now_s, tz=UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    return f"{stamp}-{uuid.uuid4().hex[:6]}"
 
 
 class _ObjectWriter:
