@@ -55,6 +55,11 @@ class Accelerator(Spec):
         interconnect: name of the intra-node link (``nvlink4``, ``pcie4``, ``ici``, ...).
         interconnect_gb_per_s: per-accelerator intra-node bandwidth, 1e9 bytes/s, both ways.
         mfu_default: fraction of bf16/fp16 peak a well-tuned training job sustains.
+        mfu_by_precision: achieved fraction of the peak of other formats where it differs
+            (fp8 runs keep attention, norms and communication in 16 bits, so its fraction
+            of the fp8 peak is lower than bf16's of the bf16 peak).
+        family: parts sharing a compute die and software stack (``a100`` for both A100
+            memory sizes); the planner's efficiency defaults are fitted per family.
         trains: whether the part is used for training (inference-only parts say false).
         source: where the figures come from.
         as_of: date the figures were read.
@@ -71,6 +76,8 @@ class Accelerator(Spec):
     interconnect: str
     interconnect_gb_per_s: float = Field(gt=0)
     mfu_default: float = Field(default=0.4, gt=0, le=1)
+    mfu_by_precision: dict[Precision, float] = Field(default_factory=dict)
+    family: str | None = None
     trains: bool = True
     source: str = Field(min_length=1)
     as_of: dt.date
@@ -83,6 +90,11 @@ class Accelerator(Spec):
         if bad:
             raise ValueError(f"peak_tflops must be > 0, got {bad}")
         return self
+
+    @property
+    def fit_family(self) -> str:
+        """The family whose published runs set this part's defaults (itself if none)."""
+        return self.family or self.name
 
     @property
     def memory_bytes(self) -> float:
@@ -110,6 +122,16 @@ class Accelerator(Spec):
             if candidate in self.peak_tflops:
                 return candidate
         return "fp32"
+
+    def default_mfu(self, precision: str) -> float:
+        """Achieved fraction of ``precision``'s peak (the format the part runs it in).
+
+        >>> from kilowatt.catalog import load_catalog
+        >>> h100 = load_catalog().accelerator("h100-sxm")
+        >>> h100.default_mfu("fp8") < h100.default_mfu("bf16")
+        True
+        """
+        return self.mfu_by_precision.get(self.compute_precision(precision), self.mfu_default)  # type: ignore[call-overload]
 
     def peak_flops(self, precision: str) -> float:
         """Dense peak FLOP/s for ``precision``, falling back to the next format the part has.

@@ -44,6 +44,8 @@ class PlanModel(Spec):
         active_params: parameters used per token (mixture-of-experts only).
         layers, hidden, heads, seq_len: transformer depth, width, attention heads, context.
         kv_heads: key/value heads (grouped-query attention); defaults to ``heads``.
+        experts: routed experts per mixture-of-experts layer (``moe`` only).
+        experts_per_token: routed experts each token visits (``moe`` only; top-k).
         forward_flops_per_sample: forward-pass FLOPs of one sample (generic models).
         activation_bytes_per_sample: activation memory of one sample in training (generic).
         model_class: calibration key (measured MFU is stored per accelerator and class).
@@ -58,6 +60,8 @@ class PlanModel(Spec):
     hidden: int | None = Field(default=None, gt=0)
     heads: int | None = Field(default=None, gt=0)
     kv_heads: int | None = Field(default=None, gt=0)
+    experts: int | None = Field(default=None, gt=0)
+    experts_per_token: int | None = Field(default=None, gt=0)
     seq_len: int | None = Field(default=None, gt=0)
     forward_flops_per_sample: float | None = Field(default=None, gt=0)
     activation_bytes_per_sample: float | None = Field(default=None, ge=0)
@@ -73,6 +77,11 @@ class PlanModel(Spec):
             raise ValueError(f"a {self.architecture} transformer needs {', '.join(missing)}")
         if self.architecture == "moe" and self.active_params is None:
             raise ValueError("a moe model needs active_params (parameters used per token)")
+        if self.experts_per_token and self.experts and self.experts_per_token > self.experts:
+            raise ValueError(
+                f"experts_per_token ({self.experts_per_token}) cannot exceed experts "
+                f"({self.experts})"
+            )
         if self.active_params is not None and self.active_params > self.params:
             raise ValueError(
                 f"active_params ({self.active_params:g}) cannot exceed params ({self.params:g})"
@@ -89,6 +98,17 @@ class PlanModel(Spec):
         if self.model_class:
             return self.model_class
         return "generic" if self.architecture == "generic" else "transformer"
+
+    @property
+    def expert_params(self) -> float:
+        """Parameters in routed experts (0 for dense models), from ``params``,
+        ``active_params`` and the routing: ``active = shared + k·(params - shared)/E``."""
+        if self.architecture != "moe" or not (self.experts and self.experts_per_token):
+            return 0.0
+        assert self.active_params is not None
+        share = self.experts_per_token / self.experts
+        shared = (self.active_params - share * self.params) / (1.0 - share)
+        return self.params - max(0.0, shared)
 
     @property
     def compute_params(self) -> float:
