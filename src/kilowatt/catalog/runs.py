@@ -20,13 +20,16 @@ __all__ = ["PublishedLayout", "PublishedRun", "load_published_runs"]
 
 class PublishedLayout(Spec):
     """Parallel degrees a run's report gives (expert parallelism ``ep`` splits the experts
-    over data-parallel ranks)."""
+    over data-parallel ranks), and its activation recomputation where its configuration
+    states one."""
 
     tp: int = Field(gt=0)
     pp: int = Field(gt=0)
     dp: int = Field(gt=0)
     zero: Literal[0, 1, 2, 3] = 1
     ep: int = Field(default=1, gt=0)
+    recompute: Literal["none", "selective", "full"] | None = None
+    micro_batch: int = Field(default=1, gt=0)
 
 
 class PublishedRun(Spec):

@@ -68,9 +68,14 @@ def setup_run(
                 "tokens": run.tokens,
                 "global_batch_tokens": run.global_batch_tokens,
                 "precision": run.precision,
+                "micro_batch": run.layout.micro_batch if run.layout else 1,
             },
             # Practitioners pick tensor parallelism within a node and deep pipelines.
-            "parallelism": {"max_tensor_parallel": run.per_node, "max_pipeline_parallel": 32},
+            "parallelism": {
+                "max_tensor_parallel": run.per_node,
+                "max_pipeline_parallel": 32,
+                **_recompute_modes(run),
+            },
         }
     )
     accelerator = catalog.accelerator(run.accelerator)
@@ -103,6 +108,12 @@ def _cluster_node(run: PublishedRun, accelerator: str) -> Instance:
         source=run.source,
         as_of=run.as_of,
     )
+
+
+def _recompute_modes(run: PublishedRun) -> dict[str, list[str]]:
+    if run.layout is None or run.layout.recompute is None:
+        return {}
+    return {"recompute": [run.layout.recompute]}
 
 
 def _published_layout(run: PublishedRun) -> Layout | None:
