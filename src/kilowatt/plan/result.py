@@ -16,6 +16,7 @@ __all__ = [
     "MemoryBreakdown",
     "PlanResult",
     "Rejection",
+    "ScheduleChoice",
     "ServeOption",
     "TrainOption",
 ]
@@ -144,6 +145,24 @@ class Rejection(_Result):
     detail: str
 
 
+class ScheduleChoice(_Result):
+    """When to start the recommended plan under an hourly forecast (``schedule:``).
+
+    ``*_now`` figures are for starting at the earliest allowed moment; costs are the
+    electricity at the forecast's prices (``None`` without prices)."""
+
+    minimise: Literal["carbon", "cost"]
+    start: str
+    end: str
+    carbon_gco2e: float
+    carbon_gco2e_now: float
+    electricity_usd: float | None
+    electricity_usd_now: float | None
+    saving_fraction: float
+    region: str
+    source: str
+
+
 class PlanResult(_Result):
     """Ranked plans for one workload.
 
@@ -161,6 +180,7 @@ class PlanResult(_Result):
         configurations_evaluated: configurations the search costed.
         search_time_s: wall time of the search.
         explanation: short sentences: the choice, its bottleneck, memory, rejections.
+        schedule: the start window chosen under the spec's forecast, if it has one.
     """
 
     name: str
@@ -176,3 +196,4 @@ class PlanResult(_Result):
     configurations_evaluated: int
     search_time_s: float
     explanation: list[str]
+    schedule: ScheduleChoice | None = None

@@ -11,9 +11,10 @@ A plan spec is a YAML file::
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from kilowatt.spec.base import Spec
 
@@ -24,6 +25,7 @@ __all__ = [
     "PlanModel",
     "PlanSpec",
     "Pricing",
+    "Schedule",
     "ServingWorkload",
     "TrainingWorkload",
 ]
@@ -219,6 +221,44 @@ class PlanConstraints(Spec):
     mixed_committed_fraction: float = Field(default=0.5, ge=0, le=1)
 
 
+class Schedule(Spec):
+    """When to run a training job: an hourly forecast and the window it must run in.
+
+    Attributes:
+        forecast_csv: hourly forecast file (region, hour, gco2e_per_kwh[, price_usd_per_kwh]).
+        forecast_zone: or an Electricity Maps zone (key in ``ELECTRICITY_MAPS_API_KEY``).
+        region: the forecast's region to read (default: the recommended plan's region).
+        not_before: earliest start (default: now).
+        deadline: the job must end by then.
+        minimise: ``carbon`` or ``cost`` (electricity at the forecast's prices).
+    """
+
+    forecast_csv: str | None = None
+    forecast_zone: str | None = None
+    region: str | None = None
+    not_before: dt.datetime | None = None
+    deadline: dt.datetime
+    minimise: Literal["carbon", "cost"] = "carbon"
+
+    @field_validator("not_before", "deadline")
+    @classmethod
+    def _utc(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)  # naive times are UTC
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Schedule:
+        if (self.forecast_csv is None) == (self.forecast_zone is None):
+            raise ValueError("give exactly one of forecast_csv or forecast_zone")
+        if self.not_before is not None and self.not_before >= self.deadline:
+            raise ValueError(
+                f"not_before ({self.not_before.isoformat()}) must be before the deadline "
+                f"({self.deadline.isoformat()})"
+            )
+        return self
+
+
 class PlanSpec(Spec):
     """A workload to plan: a model and either ``train`` or ``serve``.
 
@@ -234,6 +274,7 @@ class PlanSpec(Spec):
     serve: ServingWorkload | None = None
     parallelism: Parallelism = Parallelism()
     constraints: PlanConstraints = PlanConstraints()
+    schedule: Schedule | None = None
     objective: Objective = "cost"
     top: int = Field(default=5, gt=0)
 
@@ -247,6 +288,8 @@ class PlanSpec(Spec):
                 raise ValueError("training a generic model needs train.samples")
             if not generic and self.train.tokens is None:
                 raise ValueError("training a transformer needs train.tokens")
+        if self.serve is not None and self.schedule is not None:
+            raise ValueError("schedule: is for training jobs; serving runs all the time")
         if self.serve is not None and self.model.architecture == "generic":
             raise ValueError("serving plans need a transformer model (dense or moe)")
         return self
