@@ -7,7 +7,14 @@
 """
 
 from kilowatt.catalog.loader import BUILTIN_FILES, DEFAULT_PUE, Catalog, load_catalog
-from kilowatt.catalog.models import PRECISIONS, Accelerator, Instance, Precision, Region
+from kilowatt.catalog.models import (
+    PRECISIONS,
+    Accelerator,
+    Instance,
+    Precision,
+    PurchaseOption,
+    Region,
+)
 from kilowatt.catalog.runs import PublishedLayout, PublishedRun, load_published_runs
 
 __all__ = [
@@ -20,6 +27,7 @@ __all__ = [
     "Precision",
     "PublishedLayout",
     "PublishedRun",
+    "PurchaseOption",
     "Region",
     "load_catalog",
     "load_published_runs",

@@ -19,6 +19,7 @@ __all__ = [
     "AcceleratorKind",
     "Instance",
     "Precision",
+    "PurchaseOption",
     "Region",
 ]
 
@@ -226,3 +227,34 @@ class Region(Spec):
         if self.pue != 0.0 and self.pue < 1.0:
             raise ValueError(f"pue must be >= 1.0 (facility / IT energy), got {self.pue}")
         return self
+
+
+class PurchaseOption(Spec):
+    """A system you can buy outright, for comparing ownership against renting.
+
+    Attributes:
+        name: catalog key, e.g. ``dgx-a100``.
+        accelerator: catalog name of its accelerator.
+        accelerator_count: accelerators in the system.
+        price_usd: purchase price of the system.
+        price_is_estimate: true when no list price is published (reseller or press figures).
+        power_kw: the system's maximum power draw, kW.
+        idle_power_kw: draw when idle, kW (default: a quarter of ``power_kw``).
+        source: where the price and power figures come from.
+        as_of: date the figures were read.
+    """
+
+    name: str = Field(min_length=1)
+    accelerator: str
+    accelerator_count: int = Field(gt=0)
+    price_usd: float = Field(gt=0)
+    price_is_estimate: bool = False
+    power_kw: float = Field(gt=0)
+    idle_power_kw: float | None = Field(default=None, ge=0)
+    source: str = Field(min_length=1)
+    as_of: dt.date
+
+    @property
+    def idle_kw(self) -> float:
+        """Idle draw in kW (the catalog figure, else a quarter of the maximum)."""
+        return self.idle_power_kw if self.idle_power_kw is not None else 0.25 * self.power_kw

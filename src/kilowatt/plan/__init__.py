@@ -84,10 +84,15 @@ def plan(
         catalog = catalog or load_catalog(user_dir=settings.catalog_dir)
         calibration = calibration or load_calibration(settings.home / "calibration.json")
     if parsed.train is None:
-        return plan_serving(parsed, catalog, calibration)
-    result = plan_training(parsed, catalog, calibration)
-    if parsed.schedule is None:
-        return result
-    from kilowatt.plan.schedule import schedule_recommendation
+        result = plan_serving(parsed, catalog, calibration)
+    else:
+        result = plan_training(parsed, catalog, calibration)
+    if parsed.schedule is not None:
+        from kilowatt.plan.schedule import schedule_recommendation
 
-    return schedule_recommendation(result, parsed.schedule, now or dt.datetime.now(dt.UTC))
+        result = schedule_recommendation(result, parsed.schedule, now or dt.datetime.now(dt.UTC))
+    if parsed.buy is not None:
+        from kilowatt.plan.ownership import attach_ownership
+
+        result = attach_ownership(result, parsed.buy, catalog)
+    return result

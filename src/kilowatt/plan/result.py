@@ -14,8 +14,10 @@ __all__ = [
     "Bottleneck",
     "CostBreakdown",
     "MemoryBreakdown",
+    "OwnershipComparison",
     "PlanResult",
     "Rejection",
+    "RentOption",
     "ScheduleChoice",
     "ServeOption",
     "TrainOption",
@@ -163,6 +165,36 @@ class ScheduleChoice(_Result):
     source: str
 
 
+class RentOption(_Result):
+    """Renting the owned system's accelerators as one cloud instance type and pricing."""
+
+    instance: str
+    cloud: str
+    pricing: Literal["on_demand", "spot", "committed"]
+    rent_usd_per_hour: float
+    """For as many accelerators as the owned system has."""
+    rent_usd_per_year: float
+    """Pay-as-you-go at the spec's utilisation; committed for every hour."""
+    break_even_utilization: float | None
+    """Owning is cheaper above it; ``None``: never, or a commitment (paid every hour)."""
+    cheaper: Literal["buy", "rent"]
+
+
+class OwnershipComparison(_Result):
+    """Buy versus rent (``buy:``): owning one system against each cloud option."""
+
+    system: str
+    price_usd: float
+    price_is_estimate: bool
+    utilization: float
+    own_usd_per_year: float
+    amortisation_usd_per_year: float
+    hosting_usd_per_year: float
+    operations_usd_per_year: float
+    energy_usd_per_year: float
+    options: list[RentOption]
+
+
 class PlanResult(_Result):
     """Ranked plans for one workload.
 
@@ -181,6 +213,7 @@ class PlanResult(_Result):
         search_time_s: wall time of the search.
         explanation: short sentences: the choice, its bottleneck, memory, rejections.
         schedule: the start window chosen under the spec's forecast, if it has one.
+        ownership: buy versus rent for the spec's ``buy:`` system, if it names one.
     """
 
     name: str
@@ -197,3 +230,4 @@ class PlanResult(_Result):
     search_time_s: float
     explanation: list[str]
     schedule: ScheduleChoice | None = None
+    ownership: OwnershipComparison | None = None

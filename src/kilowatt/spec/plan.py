@@ -20,6 +20,7 @@ from kilowatt.spec.base import Spec
 
 __all__ = [
     "Objective",
+    "Ownership",
     "Parallelism",
     "PlanConstraints",
     "PlanModel",
@@ -259,6 +260,32 @@ class Schedule(Spec):
         return self
 
 
+class Ownership(Spec):
+    """Buy versus rent: the system to buy and what owning it costs besides its price.
+
+    Attributes:
+        system: catalog purchase option (``kilowatt catalog``'s purchases, e.g. ``dgx-a100``).
+        years: straight-line amortisation period of the purchase price.
+        utilization: share of the hours the system does useful work (renting pays only those).
+        tariff_usd_per_kwh: electricity price at the site.
+        pue: the site's power usage effectiveness (default: the catalog default).
+        hosting_usd_per_kw_month: rack space, power delivery and cooling plant, per kW of
+            the system's maximum draw per month (energy excluded).
+        operations_fraction_per_year: support contracts, spares and staff time per year, as
+            a share of the purchase price.
+        cost_of_capital: yearly interest on the money spent (0 = plain straight-line).
+    """
+
+    system: str
+    years: float = Field(default=4.0, gt=0)
+    utilization: float = Field(default=0.7, gt=0, le=1)
+    tariff_usd_per_kwh: float = Field(ge=0)
+    pue: float | None = Field(default=None, ge=1)
+    hosting_usd_per_kw_month: float = Field(default=150.0, ge=0)
+    operations_fraction_per_year: float = Field(default=0.08, ge=0)
+    cost_of_capital: float = Field(default=0.0, ge=0)
+
+
 class PlanSpec(Spec):
     """A workload to plan: a model and either ``train`` or ``serve``.
 
@@ -275,6 +302,7 @@ class PlanSpec(Spec):
     parallelism: Parallelism = Parallelism()
     constraints: PlanConstraints = PlanConstraints()
     schedule: Schedule | None = None
+    buy: Ownership | None = None
     objective: Objective = "cost"
     top: int = Field(default=5, gt=0)
 
