@@ -9,8 +9,7 @@ above ``u*`` owning is cheaper. A one-year commitment is paid for every hour, so
 compared at the given utilisation instead.
 
 >>> from kilowatt.catalog import load_catalog
->>> from kilowatt.plan.result import OwnershipComparison, PlanResult, RentOption
-from kilowatt.spec.plan import Ownership
+>>> from kilowatt.spec.plan import Ownership
 >>> catalog = load_catalog()
 >>> terms = Ownership(system="dgx-a100", tariff_usd_per_kwh=0.10, pue=1.5, years=4,
 ...                   hosting_usd_per_kw_month=0, operations_fraction_per_year=0)
