@@ -113,6 +113,8 @@ class Candidate:
     activation_bytes: float
     step: StepTime
     memory_bound: bool
+    gemm_share: float = 1.0
+    """Share of the wide-matrix rate this layout's matmul width reaches."""
 
     @property
     def accelerators(self) -> int:
@@ -253,8 +255,9 @@ def _timed(
     precision = acc.compute_precision(train.precision)
     mfu, source = ctx.mfu_for(acc.name, acc.default_mfu(train.precision))
     peak = device.peak_flops(train.precision)
-    attainable = min(peak, _intensity(ctx, layout) * device.bandwidth_bytes_per_s)
-    attainable *= gemm_efficiency(_gemm_width(ctx, layout), ctx.gemm_half_width)
+    roofline = min(peak, _intensity(ctx, layout) * device.bandwidth_bytes_per_s)
+    gemm_share = gemm_efficiency(_gemm_width(ctx, layout), ctx.gemm_half_width)
+    attainable = roofline * gemm_share
     flops_step = ctx.flops_total / ctx.steps * recompute[1]
     compute_s = flops_step / (nodes * device.per_node * attainable * mfu)
     chunks = virtual_stages(spec.model.layers or 1, layout.pp, microbatches)
@@ -278,7 +281,8 @@ def _timed(
         memory=sharded,
         activation_bytes=act,
         step=StepTime(compute_s, bubble_s, tensor_s, data_s),
-        memory_bound=attainable < peak,
+        memory_bound=roofline < peak,
+        gemm_share=gemm_share,
     )
 
 
