@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kilowatt.catalog import Catalog, PublishedRun
+from kilowatt.catalog.models import FP8_TO_BF16_THROUGHPUT
 from kilowatt.plan.published import RunPrediction, RunSetup, setup_run
 
 __all__ = [
@@ -34,11 +35,6 @@ __all__ = [
 FitGroup = tuple[str, str]
 _MFU_RANGE = (0.05, 0.95)
 _ITERATIONS = 40
-# Achieved fp8 over bf16 throughput per GPU at scale on H100: 390 TFLOP/s in fp8 for Llama 4
-# Behemoth on 32K GPUs (https://ai.meta.com/blog/llama-4-multimodal-intelligence/, 2025)
-# against 400 TFLOP/s in bf16 for Llama 3 405B on 16K GPUs (arXiv:2407.21783, table 4).
-# fp8 peaks are twice bf16's, so the fraction of peak halves and a little more.
-FP8_TO_BF16_THROUGHPUT = 390.0 / 400.0
 
 
 def fit_group_key(run: PublishedRun, catalog: Catalog) -> FitGroup:

@@ -254,6 +254,8 @@ def _timed(
     acc = device.accelerator
     precision = acc.compute_precision(train.precision)
     mfu, source = ctx.mfu_for(acc.name, acc.default_mfu(train.precision))
+    if source == "catalog default":
+        source = acc.mfu_basis(train.precision)
     peak = device.peak_flops(train.precision)
     roofline = min(peak, _intensity(ctx, layout) * device.bandwidth_bytes_per_s)
     gemm_share = gemm_efficiency(_gemm_width(ctx, layout), ctx.gemm_half_width)
