@@ -64,5 +64,8 @@ class LocalBackend:
                 priority=options.priority,
                 max_attempts=options.max_attempts,
                 max_runtime_s=options.max_runtime_s,
+                flexible=options.flexible,
+                not_before=options.not_before.timestamp() if options.not_before else None,
+                deadline=options.deadline.timestamp() if options.deadline else None,
             )
         return str(queued.id)

@@ -23,7 +23,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,7 @@ class LocalWorker:
         poll_interval_s: seconds between ticks.
         stop_grace_s: after SIGTERM (cancel, timeout), seconds before SIGKILL.
         worker_id: names this worker in the queue.
+        clock: epoch seconds now; decides when flexible jobs' windows open and close.
     """
 
     def __init__(
@@ -90,6 +91,7 @@ class LocalWorker:
         poll_interval_s: float = 0.5,
         stop_grace_s: float = 10.0,
         worker_id: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if max_parallel < 1:
             raise KilowattError(f"max_parallel={max_parallel} must be at least 1")
@@ -104,13 +106,15 @@ class LocalWorker:
         self.stop_grace_s = stop_grace_s
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.running: dict[int, _Attempt] = {}
+        self.clock = clock
         self._stopping = False
 
     # --- the loop
 
     def run(self, *, until_idle: bool = False, max_s: float | None = None) -> None:
-        """Tick until SIGTERM/SIGINT (or, with ``until_idle``, until nothing is queued or
-        running; or ``max_s`` seconds). Running jobs are stopped and requeued on exit."""
+        """Tick until SIGTERM/SIGINT (or, with ``until_idle``, until nothing due is queued
+        and nothing runs: flexible jobs waiting for their window stay queued; or ``max_s``
+        seconds). Running jobs are stopped and requeued on exit."""
         deadline = None if max_s is None else time.monotonic() + max_s
         with _stop_on_signals(self):
             try:
@@ -156,7 +160,9 @@ class LocalWorker:
     # --- starting
 
     def _next_queued(self) -> Job | None:
-        queued = self.store.list_jobs(status="queued", limit=10_000)
+        now = self.clock()
+        self.store.expire_missed_windows(now)
+        queued = [j for j in self.store.list_jobs(status="queued", limit=10_000) if j.due(now)]
         return min(queued, key=lambda job: (-job.priority, job.id), default=None)
 
     def _start_next(self) -> bool:
@@ -166,7 +172,7 @@ class LocalWorker:
         needed = JobRequest.from_dict(head.spec).backend.accelerators
         if len(self.pool.free) < needed <= self.pool.size:
             return False  # the head of the queue waits for devices; so do the jobs behind it
-        job = self.store.claim_next_job(self.worker_id)
+        job = self.store.claim_next_job(self.worker_id, now=self.clock())
         if job is None:
             return False
         request = JobRequest.from_dict(job.spec)

@@ -7,7 +7,15 @@
 """
 
 from kilowatt.catalog.loader import BUILTIN_FILES, DEFAULT_PUE, Catalog, load_catalog
-from kilowatt.catalog.models import PRECISIONS, Accelerator, Instance, Precision, Region
+from kilowatt.catalog.models import (
+    PRECISIONS,
+    Accelerator,
+    Instance,
+    Precision,
+    PurchaseOption,
+    Region,
+)
+from kilowatt.catalog.runs import PublishedLayout, PublishedRun, load_published_runs
 
 __all__ = [
     "BUILTIN_FILES",
@@ -17,6 +25,10 @@ __all__ = [
     "Catalog",
     "Instance",
     "Precision",
+    "PublishedLayout",
+    "PublishedRun",
+    "PurchaseOption",
     "Region",
     "load_catalog",
+    "load_published_runs",
 ]

@@ -6,6 +6,7 @@ A catalog file is YAML with any of these top-level keys::
     accelerators: [ {name: ..., ...}, ... ]
     instances:    [ {name: ..., ...}, ... ]
     regions:      [ {name: ..., ...}, ... ]
+    purchases:    [ {name: ..., ...}, ... ]   # systems to buy (buy versus rent)
 
 A bad entry raises ``CatalogError`` naming the file, the entry and the field.
 """
@@ -21,7 +22,7 @@ from typing import Any, Generic, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from kilowatt.catalog.models import Accelerator, Instance, Region
+from kilowatt.catalog.models import Accelerator, Instance, PurchaseOption, Region
 from kilowatt.errors import CatalogError, CatalogLookupError
 
 __all__ = ["BUILTIN_FILES", "DEFAULT_PUE", "Catalog", "load_catalog"]
@@ -29,17 +30,18 @@ __all__ = ["BUILTIN_FILES", "DEFAULT_PUE", "Catalog", "load_catalog"]
 # Uptime Institute Global Data Center Survey 2023: average annual PUE 1.58 across
 # reporting facilities; used for regions that state no PUE of their own.
 DEFAULT_PUE = 1.58
-BUILTIN_FILES = ("accelerators.yaml", "instances.yaml", "regions.yaml")
+BUILTIN_FILES = ("accelerators.yaml", "instances.yaml", "regions.yaml", "purchases.yaml")
 _SECTIONS: dict[str, type[BaseModel]] = {
     "accelerators": Accelerator,
     "instances": Instance,
     "regions": Region,
+    "purchases": PurchaseOption,
 }
 
 # The C loader parses the built-in tables ~10x faster; pure Python where it is missing.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-EntryT = TypeVar("EntryT", Accelerator, Instance, Region)
+EntryT = TypeVar("EntryT", Accelerator, Instance, Region, PurchaseOption)
 
 
 class _Table(Generic[EntryT]):
@@ -84,6 +86,7 @@ class Catalog:
         instances: dict[str, Instance],
         regions: dict[str, Region],
         default_pue: float = DEFAULT_PUE,
+        purchases: dict[str, PurchaseOption] | None = None,
     ) -> None:
         self.default_pue = default_pue
         filled = {
@@ -93,6 +96,7 @@ class Catalog:
         self._accelerators = _Table("accelerator", accelerators)
         self._instances = _Table("instance", instances)
         self._regions = _Table("region", filled)
+        self._purchases = _Table("purchase option", dict(purchases or {}))
         self._check_references()
 
     @property
@@ -110,6 +114,15 @@ class Catalog:
         """All regions, in catalog order."""
         return self._regions.values()
 
+    @property
+    def purchases(self) -> list[PurchaseOption]:
+        """Systems to buy, in catalog order."""
+        return self._purchases.values()
+
+    def purchase(self, name: str) -> PurchaseOption:
+        """The purchase option called ``name``; ``CatalogLookupError`` suggests close names."""
+        return self._purchases.get(name)
+
     def accelerator(self, name: str) -> Accelerator:
         """The accelerator called ``name``; ``CatalogLookupError`` suggests close names."""
         return self._accelerators.get(name)
@@ -123,6 +136,11 @@ class Catalog:
         return self._regions.get(name)
 
     def _check_references(self) -> None:
+        for system in self.purchases:
+            try:
+                self._accelerators.get(system.accelerator)
+            except CatalogLookupError as exc:
+                raise CatalogError(f"purchase {system.name!r}, field accelerator: {exc}") from None
         for inst in self.instances:
             refs = [("accelerator", inst.accelerator, self._accelerators)]
             refs += [("regions", region, self._regions) for region in inst.regions]
@@ -153,7 +171,11 @@ def load_catalog(extra_files: Sequence[Path] = (), user_dir: Path | None = None)
         pue = _merge(label, text, sections)
         default_pue = pue if pue is not None else default_pue
     return Catalog(
-        sections["accelerators"], sections["instances"], sections["regions"], default_pue
+        sections["accelerators"],
+        sections["instances"],
+        sections["regions"],
+        default_pue,
+        purchases=sections["purchases"],
     )
 
 
@@ -180,7 +202,7 @@ def _merge(label: str, text: str, sections: dict[str, dict[str, Any]]) -> float 
     if unknown:
         raise CatalogError(
             f"{label}: unknown top-level key(s) {sorted(unknown)}; "
-            f"use accelerators, instances, regions or default_pue"
+            f"use accelerators, instances, regions, purchases or default_pue"
         )
     for key, model in _SECTIONS.items():
         for index, raw in enumerate(data.get(key) or []):

@@ -14,17 +14,26 @@ from pydantic import Field, model_validator
 from kilowatt.spec import Spec
 
 __all__ = [
+    "FP8_TO_BF16_THROUGHPUT",
     "PRECISIONS",
     "Accelerator",
     "AcceleratorKind",
     "Instance",
     "Precision",
+    "PurchaseOption",
     "Region",
 ]
 
 Precision = Literal["fp32", "tf32", "bf16", "fp16", "fp8", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8")
 AcceleratorKind = Literal["gpu", "tpu", "asic", "cpu"]
+
+# Achieved fp8 over bf16 throughput per GPU at scale on H100: 390 TFLOP/s in fp8 for Llama 4
+# Behemoth on 32K GPUs (https://ai.meta.com/blog/llama-4-multimodal-intelligence/, 2025)
+# against 400 TFLOP/s in bf16 for Llama 3 405B on 16K GPUs (arXiv:2407.21783, table 4).
+# fp8 peaks are twice bf16's, so a part without its own fp8 figure reaches
+# mfu_default x FP8_TO_BF16_THROUGHPUT / 2 of its fp8 peak.
+FP8_TO_BF16_THROUGHPUT = 390.0 / 400.0
 
 # When a part lacks the requested format, the work runs in the next one it has: fp8 falls
 # back to 16-bit, 16-bit formats stand in for each other, and everything ends at fp32.
@@ -55,6 +64,11 @@ class Accelerator(Spec):
         interconnect: name of the intra-node link (``nvlink4``, ``pcie4``, ``ici``, ...).
         interconnect_gb_per_s: per-accelerator intra-node bandwidth, 1e9 bytes/s, both ways.
         mfu_default: fraction of bf16/fp16 peak a well-tuned training job sustains.
+        mfu_by_precision: achieved fraction of the peak of other formats where it differs
+            (fp8 runs keep attention, norms and communication in 16 bits, so its fraction
+            of the fp8 peak is lower than bf16's of the bf16 peak).
+        family: parts sharing a compute die and software stack (``a100`` for both A100
+            memory sizes); the planner's efficiency defaults are fitted per family.
         trains: whether the part is used for training (inference-only parts say false).
         source: where the figures come from.
         as_of: date the figures were read.
@@ -71,6 +85,8 @@ class Accelerator(Spec):
     interconnect: str
     interconnect_gb_per_s: float = Field(gt=0)
     mfu_default: float = Field(default=0.4, gt=0, le=1)
+    mfu_by_precision: dict[Precision, float] = Field(default_factory=dict)
+    family: str | None = None
     trains: bool = True
     source: str = Field(min_length=1)
     as_of: dt.date
@@ -83,6 +99,11 @@ class Accelerator(Spec):
         if bad:
             raise ValueError(f"peak_tflops must be > 0, got {bad}")
         return self
+
+    @property
+    def fit_family(self) -> str:
+        """The family whose published runs set this part's defaults (itself if none)."""
+        return self.family or self.name
 
     @property
     def memory_bytes(self) -> float:
@@ -110,6 +131,33 @@ class Accelerator(Spec):
             if candidate in self.peak_tflops:
                 return candidate
         return "fp32"
+
+    def default_mfu(self, precision: str) -> float:
+        """Achieved fraction of ``precision``'s peak (the format the part runs it in).
+
+        >>> from kilowatt.catalog import load_catalog
+        >>> h100 = load_catalog().accelerator("h100-sxm")
+        >>> h100.default_mfu("fp8") < h100.default_mfu("bf16")
+        True
+        """
+        runs_in = self.compute_precision(precision)
+        if runs_in in self.mfu_by_precision:
+            return self.mfu_by_precision[runs_in]  # type: ignore[index]
+        if runs_in in ("fp8", "int8"):
+            return self.mfu_default * FP8_TO_BF16_THROUGHPUT / 2.0
+        return self.mfu_default
+
+    def mfu_basis(self, precision: str) -> str:
+        """Where ``default_mfu(precision)`` comes from, for a plan's explanation."""
+        runs_in = self.compute_precision(precision)
+        if "mfu_default" not in self.model_fields_set and runs_in not in self.mfu_by_precision:
+            return (
+                f"assumed {self.default_mfu(precision):.0%} of peak for {self.name}, whose "
+                "catalog entry gives no mfu_default; measure it with `kilowatt profile` or set one"
+            )
+        if runs_in in ("fp8", "int8") and runs_in not in self.mfu_by_precision:
+            return "catalog default; fp8 from bf16 by the published fp8/bf16 throughput ratio"
+        return "catalog default"
 
     def peak_flops(self, precision: str) -> float:
         """Dense peak FLOP/s for ``precision``, falling back to the next format the part has.
@@ -204,3 +252,34 @@ class Region(Spec):
         if self.pue != 0.0 and self.pue < 1.0:
             raise ValueError(f"pue must be >= 1.0 (facility / IT energy), got {self.pue}")
         return self
+
+
+class PurchaseOption(Spec):
+    """A system you can buy outright, for comparing ownership against renting.
+
+    Attributes:
+        name: catalog key, e.g. ``dgx-a100``.
+        accelerator: catalog name of its accelerator.
+        accelerator_count: accelerators in the system.
+        price_usd: purchase price of the system.
+        price_is_estimate: true when no list price is published (reseller or press figures).
+        power_kw: the system's maximum power draw, kW.
+        idle_power_kw: draw when idle, kW (default: a quarter of ``power_kw``).
+        source: where the price and power figures come from.
+        as_of: date the figures were read.
+    """
+
+    name: str = Field(min_length=1)
+    accelerator: str
+    accelerator_count: int = Field(gt=0)
+    price_usd: float = Field(gt=0)
+    price_is_estimate: bool = False
+    power_kw: float = Field(gt=0)
+    idle_power_kw: float | None = Field(default=None, ge=0)
+    source: str = Field(min_length=1)
+    as_of: dt.date
+
+    @property
+    def idle_kw(self) -> float:
+        """Idle draw in kW (the catalog figure, else a quarter of the maximum)."""
+        return self.idle_power_kw if self.idle_power_kw is not None else 0.25 * self.power_kw

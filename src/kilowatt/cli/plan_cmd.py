@@ -12,15 +12,18 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 
 if TYPE_CHECKING:
+    from kilowatt.catalog import Catalog
     from kilowatt.plan import PlanResult
 
-__all__ = ["register", "render_plan"]
+__all__ = ["register", "render_plan", "render_validation"]
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def plan(
-        spec: Annotated[Path, typer.Argument(help="plan spec (YAML)", show_default=False)],
+        spec: Annotated[
+            Path | None, typer.Argument(help="plan spec (YAML)", show_default=False)
+        ] = None,
         json_output: Annotated[
             bool, typer.Option("--json", help="print the machine-readable PlanResult")
         ] = False,
@@ -33,13 +36,29 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="rank by this instead of the spec's objective"),
         ] = None,
         top: Annotated[int | None, typer.Option(help="how many plans to show", min=1)] = None,
+        validate: Annotated[
+            bool,
+            typer.Option(
+                "--validate",
+                help="predict every published training run in the catalog against its "
+                "reported accelerator-hours (catalog defaults and leave-one-out)",
+            ),
+        ] = False,
     ) -> None:
         """Plan training or serving: hardware, count, layout, time, cost, energy, CO2e."""
         from kilowatt.catalog import load_catalog
+        from kilowatt.errors import SpecError
         from kilowatt.plan import PlanSpec, load_calibration, plan
         from kilowatt.spec import Settings, load_spec
 
         settings = Settings.from_env()
+        if validate:
+            render_validation(
+                load_catalog(extra_files=catalog or (), user_dir=settings.catalog_dir)
+            )
+            return
+        if spec is None:
+            raise SpecError("kilowatt plan needs a plan spec (YAML), or --validate")
         parsed = load_spec(PlanSpec, spec)
         overrides = {k: v for k, v in {"objective": objective, "top": top}.items() if v}
         if overrides:
@@ -69,6 +88,46 @@ def render_plan(result: PlanResult) -> None:
     console.print(
         f"[dim]{result.configurations_evaluated} configurations evaluated in "
         f"{result.search_time_s:.2f} s; all figures are estimates (method: planned).[/]"
+    )
+
+
+def render_validation(catalog: Catalog) -> None:
+    """Print predicted against published accelerator-hours for every published run."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from kilowatt.catalog import load_published_runs
+    from kilowatt.plan.fit import LeaveOneOut, validate
+
+    rows = validate(catalog, load_published_runs())
+    table = Table(title="published training runs: accelerator-hours, predicted vs published")
+    for name in ("run", "accelerators", "prec", "layout", "published h", "default h"):
+        table.add_column(name, justify="left" if name in ("run", "layout") else "right")
+    for name in ("err", "leave-one-out h", "LOO err", "LOO MFU"):
+        table.add_column(name, justify="right")
+    for row in rows:
+        run, lay = row.run, row.catalog_default.layout
+        count = f"{run.count}{'' if run.count_published else '*'} {run.accelerator}"
+        table.add_row(
+            run.name,
+            count,
+            run.precision,
+            f"TP{lay.tp} PP{lay.pp} DP{lay.dp}" + (f" EP{lay.ep}" if lay.ep > 1 else ""),
+            f"{run.accelerator_hours:,.0f}",
+            f"{row.catalog_default.predicted_hours:,.0f}",
+            f"{row.catalog_default.error:+.0%}",
+            f"{row.leave_one_out.predicted_hours:,.0f}",
+            f"{row.leave_one_out.error:+.0%}",
+            f"{row.leave_one_out.mfu:.3f}",
+        )
+    console = Console(soft_wrap=False, width=200)
+    console.print(table)
+    held_out = LeaveOneOut([row.leave_one_out for row in rows])
+    console.print(
+        f"leave-one-out: {held_out.within(0.25):.0%} of {len(rows)} runs within ±25%, median "
+        f"absolute error {held_out.median_abs_error:.1%}. * count not published (an "
+        "estimate; see the run's hours_basis in published_runs.yaml).",
+        highlight=False,
     )
 
 

@@ -11,6 +11,7 @@ inference, and a search that ranks every fitting configuration by the objective.
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ def plan(
     *,
     catalog: Catalog | None = None,
     calibration: Calibration | None = None,
+    now: dt.datetime | None = None,
 ) -> PlanResult:
     """Plan a workload: every fitting configuration costed, ranked, explained.
 
@@ -54,6 +56,7 @@ def plan(
         spec: a ``PlanSpec``, a mapping, or the path of a YAML plan spec.
         catalog: hardware and prices (default: built-in plus ``KILOWATT_HOME/catalog``).
         calibration: measured MFUs (default: ``KILOWATT_HOME/calibration.json`` if any).
+        now: the moment "starting now" means for ``schedule:`` (default: the clock).
 
     Returns:
         A ``PlanResult``: ``plans`` best first, ``recommendation``, ``rejected_by_reason``
@@ -80,6 +83,16 @@ def plan(
         settings = Settings.from_env()
         catalog = catalog or load_catalog(user_dir=settings.catalog_dir)
         calibration = calibration or load_calibration(settings.home / "calibration.json")
-    if parsed.train is not None:
-        return plan_training(parsed, catalog, calibration)
-    return plan_serving(parsed, catalog, calibration)
+    if parsed.train is None:
+        result = plan_serving(parsed, catalog, calibration)
+    else:
+        result = plan_training(parsed, catalog, calibration)
+    if parsed.schedule is not None:
+        from kilowatt.plan.schedule import schedule_recommendation
+
+        result = schedule_recommendation(result, parsed.schedule, now or dt.datetime.now(dt.UTC))
+    if parsed.buy is not None:
+        from kilowatt.plan.ownership import attach_ownership
+
+        result = attach_ownership(result, parsed.buy, catalog)
+    return result

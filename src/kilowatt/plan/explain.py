@@ -54,9 +54,14 @@ def train_verdict(candidate: Candidate) -> tuple[str, str]:
         )
     bubble = step.bubble_s / step.total_s
     tail = f", pipeline bubble {bubble:.0%}" if bubble >= 0.01 else ""
+    width = (
+        f", {candidate.gemm_share:.0%} of it at this matmul width"
+        if candidate.gemm_share < 0.995
+        else ""
+    )
     return "compute", (
         f"compute-bound: {step.busy_fraction:.0%} of each step is arithmetic at "
-        f"{candidate.mfu:.0%} of {candidate.precision} peak ({candidate.mfu_source}); "
+        f"{candidate.mfu:.0%} of {candidate.precision} peak ({candidate.mfu_source}{width}); "
         f"communication adds {comm:.0%}{tail}"
     )
 

@@ -42,6 +42,15 @@ class StateBytes:
     def total(self) -> float:
         return self.weights + self.grads + self.optimizer
 
+    def scaled(self, fraction: float) -> StateBytes:
+        """The state of ``fraction`` of the parameters."""
+        return StateBytes(self.weights * fraction, self.grads * fraction, self.optimizer * fraction)
+
+    def __add__(self, other: StateBytes) -> StateBytes:
+        return StateBytes(
+            self.weights + other.weights, self.grads + other.grads, self.optimizer + other.optimizer
+        )
+
     def sharded(self, dp: int, zero_stage: int, model_parallel: int) -> StateBytes:
         """State held by one accelerator under tensor x pipeline and ZeRO sharding."""
         mp = float(model_parallel)

@@ -9,6 +9,7 @@ from kilowatt.catalog import Accelerator, Catalog, Region, load_catalog
 from kilowatt.errors import SpecError
 from kilowatt.plan.calibration import Calibration
 from kilowatt.plan.energy import accelerator_power_w
+from kilowatt.plan.time import gemm_efficiency
 from kilowatt.units import SECONDS_PER_HOUR, carbon_gco2e
 
 __all__ = ["Prediction", "predict_training"]
@@ -42,6 +43,7 @@ def predict_training(
     model_class: str = "transformer",
     calibration: Calibration | None = None,
     catalog: Catalog | None = None,
+    gemm_width: float | None = None,
 ) -> Prediction:
     """Predict a training run of ``flops_total`` model FLOPs on ``count`` accelerators.
 
@@ -60,6 +62,9 @@ def predict_training(
         model_class: calibration key (``"transformer"``, ``"cnn"``, ...).
         calibration: measured MFUs (default: none).
         catalog: catalog to resolve names in (default: the built-in catalog).
+        gemm_width: narrowest side of the model's main matrix multiplies (its hidden size
+            over the tensor-parallel degree); catalog defaults are wide-matrix figures, so
+            give it for a transformer (see ``kilowatt.plan.time.gemm_efficiency``).
 
     >>> p = predict_training(1e15, "cpu", count=8, mfu=0.25)
     >>> round(p.time_s)  # 1e15 / (8 x 0.1e12 x 0.25)
@@ -75,9 +80,12 @@ def predict_training(
     if mfu is None:
         measured = calibration.mfu(part.name, model_class) if calibration else None
         mfu, source = (
-            (measured, "calibration") if measured else (part.mfu_default, "catalog default")
+            (measured, "calibration")
+            if measured
+            else (part.default_mfu(precision), "catalog default")
         )
-    time_s = flops_total / (count * part.peak_flops(precision) * mfu)
+    width_share = 1.0 if gemm_width is None else gemm_efficiency(gemm_width)
+    time_s = flops_total / (count * part.peak_flops(precision) * mfu * width_share)
     power_w = count * accelerator_power_w(part.tdp_w, part.idle_power_w, 1.0)
     it_energy_j = power_w * time_s
     return Prediction(

@@ -14,8 +14,11 @@ __all__ = [
     "Bottleneck",
     "CostBreakdown",
     "MemoryBreakdown",
+    "OwnershipComparison",
     "PlanResult",
     "Rejection",
+    "RentOption",
+    "ScheduleChoice",
     "ServeOption",
     "TrainOption",
 ]
@@ -144,6 +147,54 @@ class Rejection(_Result):
     detail: str
 
 
+class ScheduleChoice(_Result):
+    """When to start the recommended plan under an hourly forecast (``schedule:``).
+
+    ``*_now`` figures are for starting at the earliest allowed moment; costs are the
+    electricity at the forecast's prices (``None`` without prices)."""
+
+    minimise: Literal["carbon", "cost"]
+    start: str
+    end: str
+    carbon_gco2e: float
+    carbon_gco2e_now: float
+    electricity_usd: float | None
+    electricity_usd_now: float | None
+    saving_fraction: float
+    region: str
+    source: str
+
+
+class RentOption(_Result):
+    """Renting the owned system's accelerators as one cloud instance type and pricing."""
+
+    instance: str
+    cloud: str
+    pricing: Literal["on_demand", "spot", "committed"]
+    rent_usd_per_hour: float
+    """For as many accelerators as the owned system has."""
+    rent_usd_per_year: float
+    """Pay-as-you-go at the spec's utilisation; committed for every hour."""
+    break_even_utilization: float | None
+    """Owning is cheaper above it; ``None``: never, or a commitment (paid every hour)."""
+    cheaper: Literal["buy", "rent"]
+
+
+class OwnershipComparison(_Result):
+    """Buy versus rent (``buy:``): owning one system against each cloud option."""
+
+    system: str
+    price_usd: float
+    price_is_estimate: bool
+    utilization: float
+    own_usd_per_year: float
+    amortisation_usd_per_year: float
+    hosting_usd_per_year: float
+    operations_usd_per_year: float
+    energy_usd_per_year: float
+    options: list[RentOption]
+
+
 class PlanResult(_Result):
     """Ranked plans for one workload.
 
@@ -161,6 +212,8 @@ class PlanResult(_Result):
         configurations_evaluated: configurations the search costed.
         search_time_s: wall time of the search.
         explanation: short sentences: the choice, its bottleneck, memory, rejections.
+        schedule: the start window chosen under the spec's forecast, if it has one.
+        ownership: buy versus rent for the spec's ``buy:`` system, if it names one.
     """
 
     name: str
@@ -176,3 +229,5 @@ class PlanResult(_Result):
     configurations_evaluated: int
     search_time_s: float
     explanation: list[str]
+    schedule: ScheduleChoice | None = None
+    ownership: OwnershipComparison | None = None

@@ -259,7 +259,27 @@ def _explain(
         if name != spec.objective
     ]
     lines.append("Best by other objectives: " + "; ".join(others) + ".")
-    return lines
+    return lines + _assumptions(spec, chosen)
+
+
+def _assumptions(spec: PlanSpec, chosen: TrainOption) -> list[str]:
+    """What the plan assumed because the spec or the catalog did not say."""
+    train = spec.train
+    assert train is not None
+    said = []
+    batch_field = (
+        "global_batch_samples" if spec.model.architecture == "generic" else "global_batch_tokens"
+    )
+    if batch_field not in train.model_fields_set:
+        size = getattr(train, batch_field)
+        said.append(
+            f"Assumed: a global batch of {size:,} {batch_field.split('_')[-1]} per step "
+            f"(train.{batch_field} not given; steps, pipeline fill and communication follow "
+            "from it)."
+        )
+    if chosen.mfu_source.startswith("assumed"):
+        said.append(f"A{chosen.mfu_source[1:]}.")
+    return said
 
 
 def _memory_sentence(devices: dict[str, float], replica_bytes: float) -> str:

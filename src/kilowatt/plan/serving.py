@@ -16,6 +16,7 @@ from kilowatt.plan.device import Device
 from kilowatt.plan.energy import accelerator_power_w, footprint
 from kilowatt.plan.explain import figure, money
 from kilowatt.plan.inference import ServeEstimate, estimate_replica, replicas_needed
+from kilowatt.plan.llm_serving import describe, simulate_replica
 from kilowatt.plan.memory import MEMORY_USABLE_FRACTION, kv_cache_bytes_per_token
 from kilowatt.plan.result import CostBreakdown, MemoryBreakdown, PlanResult, ServeOption
 from kilowatt.spec.plan import PlanSpec
@@ -75,7 +76,32 @@ def plan_serving(spec: PlanSpec, catalog: Catalog, calibration: Calibration) -> 
                         priced.append(_Priced(option))
     if not priced:
         raise PlanInfeasible(_infeasible(spec, rejections, evaluated))
-    return _result(spec, priced, rejections, evaluated, time.perf_counter() - started)
+    result = _result(spec, priced, rejections, evaluated, time.perf_counter() - started)
+    return _with_simulation(result, spec, catalog, calibration)
+
+
+def _with_simulation(
+    result: PlanResult, spec: PlanSpec, catalog: Catalog, calibration: Calibration
+) -> PlanResult:
+    """The recommendation replayed through the continuous-batching simulation."""
+    top, serve = result.recommendation, spec.serve
+    assert isinstance(top, ServeOption) and serve is not None
+    accelerator = catalog.accelerator(top.accelerator)
+    per_replica = serve.requests_per_s / top.replicas
+    simulated = simulate_replica(
+        spec.model,
+        accelerator,
+        top.accelerators_per_replica,
+        requests_per_s=per_replica,
+        prompt_tokens=serve.prompt_tokens,
+        output_tokens=serve.output_tokens,
+        precision=serve.precision,
+        mfu=calibration.mfu(accelerator.name, spec.model.calibration_class),
+        max_sequences=serve.max_batch,
+    )
+    return result.model_copy(
+        update={"explanation": [*result.explanation, describe(simulated, per_replica)]}
+    )
 
 
 def _replica_sizes(device: Device, spec: PlanSpec) -> list[int]:

@@ -12,12 +12,15 @@ import math
 from dataclasses import dataclass
 
 __all__ = [
+    "GEMM_HALF_WIDTH",
     "RECOMPUTE_FACTOR",
     "StepTime",
     "checkpoint_overhead_s",
     "exposed_comm_s",
+    "gemm_efficiency",
     "pipeline_bubble_fraction",
     "time_with_preemptions_s",
+    "virtual_stages",
     "young_daly_interval_s",
 ]
 
@@ -25,6 +28,24 @@ __all__ = [
 # (+1/3 of fwd+bwd); selective recompute redoes only attention scores (~3%, Korthikanti
 # et al. 2022, table 4).
 RECOMPUTE_FACTOR = {"none": 1.0, "selective": 1.03, "full": 4.0 / 3.0}
+
+
+# Matrix units reach their sustained rate only on wide matrices: a GEMM whose narrowest
+# side is ``w`` runs at ``w / (w + GEMM_HALF_WIDTH)`` of the rate of a very wide one (tiles
+# under-fill the streaming multiprocessors and the fixed per-kernel costs weigh more).
+# Fitted with the MFU defaults on published runs (``kilowatt.plan.fit``).
+GEMM_HALF_WIDTH = 512.0
+
+
+def gemm_efficiency(width: float, half_width: float = GEMM_HALF_WIDTH) -> float:
+    """Share of the wide-matrix rate at narrowest side ``width``.
+
+    >>> gemm_efficiency(256.0, 256.0), round(gemm_efficiency(4096.0, 256.0), 3)
+    (0.5, 0.941)
+    """
+    if math.isinf(width):
+        return 1.0  # no shape to judge by (generic models)
+    return width / (width + half_width)
 
 
 @dataclass(frozen=True)
@@ -48,9 +69,27 @@ class StepTime:
         return self.compute_s / self.total_s if self.total_s > 0 else 0.0
 
 
-def pipeline_bubble_fraction(pp: int, microbatches: float) -> float:
-    """Idle share added by a 1F1B pipeline: ``(pp-1)/m`` of the compute time."""
-    return (pp - 1) / microbatches if pp > 1 else 0.0
+def pipeline_bubble_fraction(pp: int, microbatches: float, virtual_stages: int = 1) -> float:
+    """Idle share added by a 1F1B pipeline: ``(pp-1)/(m·v)`` of the compute time, with
+    ``v`` model chunks per stage in the interleaved schedule (Narayanan et al. 2021).
+
+    >>> pipeline_bubble_fraction(16, 16), pipeline_bubble_fraction(16, 16, virtual_stages=3)
+    (0.9375, 0.3125)
+    """
+    return (pp - 1) / (microbatches * virtual_stages) if pp > 1 else 0.0
+
+
+def virtual_stages(layers: int, pp: int, microbatches: float) -> int:
+    """Model chunks per pipeline stage in Megatron-LM's interleaved schedule: at scale the
+    micro-batch count per pipeline is small, so one layer per chunk (the deepest
+    interleave, as Llama 3 405B ran); the schedule needs at least ``pp`` micro-batches.
+
+    >>> virtual_stages(126, 16, 16), virtual_stages(126, 16, 8), virtual_stages(32, 1, 4)
+    (7, 1, 1)
+    """
+    if pp <= 1 or microbatches < pp:
+        return 1
+    return max(1, layers // pp)
 
 
 def exposed_comm_s(comm_s: float, compute_s: float, overlap: float) -> float:

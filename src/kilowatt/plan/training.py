@@ -25,12 +25,15 @@ from kilowatt.plan.memory import (
 )
 from kilowatt.plan.network import data_parallel_comm_s, tensor_parallel_comm_s
 from kilowatt.plan.time import (
+    GEMM_HALF_WIDTH,
     RECOMPUTE_FACTOR,
     StepTime,
     checkpoint_overhead_s,
     exposed_comm_s,
+    gemm_efficiency,
     pipeline_bubble_fraction,
     time_with_preemptions_s,
+    virtual_stages,
 )
 from kilowatt.spec.plan import PlanSpec
 
@@ -51,6 +54,7 @@ class TrainContext:
     checkpoint_bytes: float
     mfu_for: MfuLookup
     recompute_modes: tuple[str, ...]
+    gemm_half_width: float = GEMM_HALF_WIDTH
 
     @classmethod
     def of(cls, spec: PlanSpec, mfu_for: MfuLookup) -> TrainContext:
@@ -90,6 +94,8 @@ class Layout:
     tp: int
     pp: int
     zero: int
+    ep: int = 1
+    """Expert parallelism: each expert lives on one in ``ep`` data-parallel ranks."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,8 @@ class Candidate:
     activation_bytes: float
     step: StepTime
     memory_bound: bool
+    gemm_share: float = 1.0
+    """Share of the wide-matrix rate this layout's matmul width reaches."""
 
     @property
     def accelerators(self) -> int:
@@ -152,8 +160,32 @@ def layouts(device: Device, nodes: int, ctx: TrainContext) -> Iterator[Layout]:
                 continue
             dp = total // (tp * pp)
             stages = sorted(set(par.zero_stages)) if dp > 1 else [0]
+            ep = expert_parallel_degree(model.experts or 1, dp)
             for zero in stages:
-                yield Layout(dp=dp, tp=tp, pp=pp, zero=zero)
+                yield Layout(dp=dp, tp=tp, pp=pp, zero=zero, ep=ep)
+
+
+def expert_parallel_degree(experts: int, dp: int) -> int:
+    """The expert-parallel degree practitioners pick: the largest power of two dividing
+    both ``dp`` and the expert count, so every rank holds whole experts (1 for dense)."""
+    ep = 1
+    while dp % (ep * 2) == 0 and experts % (ep * 2) == 0:
+        ep *= 2
+    return ep
+
+
+def sharded_state(ctx: TrainContext, layout: Layout) -> StateBytes:
+    """Model state one accelerator holds: dense weights split by tensor x pipeline, routed
+    experts also by ``ep``, and ZeRO over the ranks that hold the same weights."""
+    share = ctx.spec.model.expert_params / ctx.spec.model.params
+    model_parallel = layout.tp * layout.pp
+    dense = ctx.state.scaled(1.0 - share).sharded(layout.dp, layout.zero, model_parallel)
+    if share == 0.0:
+        return dense
+    experts = ctx.state.scaled(share).sharded(
+        max(1, layout.dp // layout.ep), layout.zero, model_parallel * layout.ep
+    )
+    return dense + experts
 
 
 def evaluate(device: Device, nodes: int, layout: Layout, ctx: TrainContext) -> Candidate | str:
@@ -166,8 +198,9 @@ def evaluate(device: Device, nodes: int, layout: Layout, ctx: TrainContext) -> C
             f"layout: a global batch of {ctx.sequences_per_step:g} sequences cannot feed "
             f"{layout.dp} data-parallel ranks x micro_batch {train.micro_batch}"
         )
-    sharded = ctx.state.sharded(layout.dp, layout.zero, layout.tp * layout.pp)
+    sharded = sharded_state(ctx, layout)
     usable = device.memory_bytes * MEMORY_USABLE_FRACTION
+    previous: tuple[str, float] | None = None
     for mode in ctx.recompute_modes:
         act = activation_bytes(
             spec.model,
@@ -179,18 +212,38 @@ def evaluate(device: Device, nodes: int, layout: Layout, ctx: TrainContext) -> C
             microbatches_in_flight=math.ceil(microbatches),
         )
         if sharded.total + act <= usable:
-            return _timed(device, nodes, layout, mode, sharded, act, microbatches, ctx)
+            factor = RECOMPUTE_FACTOR[mode]
+            if mode == "full" and previous is not None:
+                mode, factor, act = _block_recompute(previous, act, usable - sharded.total)
+            return _timed(device, nodes, layout, (mode, factor), sharded, act, microbatches, ctx)
+        previous = (mode, act)
     return (
         f"memory: needs {(sharded.total + act) / 2**30:.1f} GiB per accelerator even with "
         f"{mode} recompute; {device.accelerator.name} has {usable / 2**30:.1f} GiB usable"
     )
 
 
+def _block_recompute(
+    lighter: tuple[str, float], full_act: float, room: float
+) -> tuple[str, float, float]:
+    """Full recompute of only as many layers as memory needs (Megatron-LM's
+    ``--recompute-method block``), the rest kept at the ``lighter`` mode.
+
+    Returns the mode's label, its arithmetic factor and the activation bytes."""
+    mode, act = lighter
+    fraction = min(1.0, max(0.0, (act - room) / (act - full_act)))
+    if fraction >= 1.0:
+        return "full", RECOMPUTE_FACTOR["full"], full_act
+    factor = RECOMPUTE_FACTOR[mode] + fraction * (RECOMPUTE_FACTOR["full"] - RECOMPUTE_FACTOR[mode])
+    label = f"full on {fraction:.0%} of layers, {mode} on the rest"
+    return label, factor, act - fraction * (act - full_act)
+
+
 def _timed(
     device: Device,
     nodes: int,
     layout: Layout,
-    recompute: str,
+    recompute: tuple[str, float],
     sharded: StateBytes,
     act: float,
     microbatches: float,
@@ -200,30 +253,53 @@ def _timed(
     assert train is not None
     acc = device.accelerator
     precision = acc.compute_precision(train.precision)
-    mfu, source = ctx.mfu_for(acc.name, acc.mfu_default)
+    mfu, source = ctx.mfu_for(acc.name, acc.default_mfu(train.precision))
+    if source == "catalog default":
+        source = acc.mfu_basis(train.precision)
     peak = device.peak_flops(train.precision)
-    attainable = min(peak, _intensity(ctx, layout) * device.bandwidth_bytes_per_s)
-    flops_step = ctx.flops_total / ctx.steps * RECOMPUTE_FACTOR[recompute]
+    roofline = min(peak, _intensity(ctx, layout) * device.bandwidth_bytes_per_s)
+    gemm_share = gemm_efficiency(_gemm_width(ctx, layout), ctx.gemm_half_width)
+    attainable = roofline * gemm_share
+    flops_step = ctx.flops_total / ctx.steps * recompute[1]
     compute_s = flops_step / (nodes * device.per_node * attainable * mfu)
-    bubble_s = compute_s * pipeline_bubble_fraction(layout.pp, microbatches)
+    chunks = virtual_stages(spec.model.layers or 1, layout.pp, microbatches)
+    bubble_s = compute_s * pipeline_bubble_fraction(layout.pp, microbatches, chunks)
     overlap = spec.parallelism.comm_overlap
     tensor_s = _tensor_comm_s(device, layout, microbatches, ctx) + exposed_comm_s(
-        _pipeline_comm_s(device, layout, microbatches, ctx), compute_s, overlap
+        chunks * _pipeline_comm_s(device, layout, microbatches, ctx)
+        + _expert_comm_s(device, layout, microbatches, ctx),
+        compute_s,
+        overlap,
     )
     data_s = exposed_comm_s(_data_comm_s(device, nodes, layout, ctx), compute_s, overlap)
     return Candidate(
         device=device,
         nodes=nodes,
         layout=layout,
-        recompute=recompute,
+        recompute=recompute[0],
         precision=precision,
         mfu=mfu,
         mfu_source=source,
         memory=sharded,
         activation_bytes=act,
         step=StepTime(compute_s, bubble_s, tensor_s, data_s),
-        memory_bound=attainable < peak,
+        memory_bound=roofline < peak,
+        gemm_share=gemm_share,
     )
+
+
+def _gemm_width(ctx: TrainContext, layout: Layout) -> float:
+    """Narrowest side of the layer's main matrix multiplies on one rank: the hidden size
+    split by tensor parallelism, or a routed expert's feed-forward width (three matrices of
+    ``hidden x width`` per expert)."""
+    model = ctx.spec.model
+    if model.architecture == "generic" or not (model.hidden and model.layers):
+        return math.inf
+    width = model.hidden / layout.tp
+    if model.expert_params and model.experts:
+        expert_width = model.expert_params / (model.experts * model.layers * 3 * model.hidden)
+        width = min(width, expert_width / layout.tp)
+    return width
 
 
 def _intensity(ctx: TrainContext, layout: Layout) -> float:
@@ -264,8 +340,39 @@ def _pipeline_comm_s(
     return 2.0 * act * math.ceil(microbatches) / link
 
 
+def _expert_comm_s(device: Device, layout: Layout, microbatches: float, ctx: TrainContext) -> float:
+    """Mixture-of-experts all-to-all: every token goes to its ``k`` experts and comes back,
+    in the forward pass and again for the gradients (4 exchanges per layer).
+
+    Within a node the exchange runs over the accelerator interconnect. Across nodes a token
+    crosses the fabric once per distinct remote node holding one of its experts, then fans
+    out inside that node (hierarchical dispatch, as DeepEP and Megatron-LM do): with ``n``
+    nodes in the expert group that is ``n·(1-(1-1/n)^k)`` copies. fp8 training dispatches
+    in fp8 and combines in bf16."""
+    model, train = ctx.spec.model, ctx.spec.train
+    assert train is not None
+    if layout.ep <= 1 or not (model.experts_per_token and model.seq_len and model.hidden):
+        return 0.0
+    tokens = model.seq_len * train.micro_batch * math.ceil(microbatches)
+    layers = (model.layers or 1) / layout.pp
+    k = model.experts_per_token
+    value_bytes = 1.5 if train.precision == "fp8" else 2.0  # dispatch and combine averaged
+    # Megatron orders ranks tensor-first, then data: a node holds per_node/tp of a group.
+    group_per_node = max(1, device.per_node // layout.tp)
+    if layout.ep <= group_per_node:
+        copies, link = k * (layout.ep - 1) / layout.ep, device.intra_bytes_per_s
+    else:
+        group_nodes = layout.ep / group_per_node
+        copies = group_nodes * (1.0 - (1.0 - 1.0 / group_nodes) ** k)
+        copies *= (group_nodes - 1.0) / group_nodes  # the home node's share stays local
+        link = device.instance.network_bytes_per_s / device.per_node
+    return 4.0 * layers * tokens * copies * model.hidden * value_bytes / link
+
+
 def _data_comm_s(device: Device, nodes: int, layout: Layout, ctx: TrainContext) -> float:
-    grad_bytes = ctx.state.grads / (layout.tp * layout.pp)
+    share = ctx.spec.model.expert_params / ctx.spec.model.params
+    # Routed experts' gradients are reduced only among the dp/ep ranks that hold them.
+    grad_bytes = ctx.state.grads * (1.0 - share + share / layout.ep) / (layout.tp * layout.pp)
     shard_ranks = layout.tp * layout.pp
     if shard_ranks <= device.per_node:
         per_node, dp_nodes = device.per_node // shard_ranks, nodes

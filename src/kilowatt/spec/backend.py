@@ -13,6 +13,9 @@ string is accepted as shorthand:
       max_runtime_s: 3600  # stopped and marked timed_out after this long
       accelerators: 1      # CUDA devices assigned exclusively (CUDA_VISIBLE_DEVICES)
       cpu_threads: 4
+      flexible: true       # may wait for a window: the start `kilowatt plan` chose
+      not_before: 2026-12-01T12:00:00Z
+      deadline: 2026-12-01T20:00:00Z
 
     >>> BackendSpec.model_validate("ray").kind
     'ray'
@@ -20,9 +23,10 @@ string is accepted as shorthand:
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from kilowatt.spec.base import Spec
 
@@ -83,6 +87,11 @@ class BackendSpec(Spec):
         max_runtime_s: wall seconds per attempt before the job is stopped as timed_out.
         accelerators: CUDA devices the local worker assigns to the job exclusively.
         cpu_threads: CPU threads the job may use (OMP/MKL/torch thread count).
+        flexible: the job may wait: the local queue starts it no earlier than
+            ``not_before`` and, unless it can still end by ``deadline`` (``max_runtime_s``
+            before it is the latest start), marks it timed_out instead of starting it late.
+        not_before: earliest start of a flexible job (naive times are UTC).
+        deadline: when a flexible job must be done.
         ray: the Ray layout (workers' resources, failures, autoscaling).
     """
 
@@ -93,7 +102,31 @@ class BackendSpec(Spec):
     max_runtime_s: float | None = Field(None, gt=0)
     accelerators: int = Field(0, ge=0)
     cpu_threads: int | None = Field(None, ge=1)
+    flexible: bool = False
+    not_before: dt.datetime | None = None
+    deadline: dt.datetime | None = None
     ray: RayOptions = RayOptions()
+
+    @field_validator("not_before", "deadline")
+    @classmethod
+    def _utc(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)  # naive times are UTC
+        return value
+
+    @model_validator(mode="after")
+    def _check_window(self) -> BackendSpec:
+        if not self.flexible and (self.not_before or self.deadline):
+            raise ValueError(
+                "not_before and deadline are for flexible jobs (a rigid job starts as soon as "
+                "it can); set flexible: true to give the job a window"
+            )
+        if self.not_before and self.deadline and self.not_before >= self.deadline:
+            raise ValueError(
+                f"not_before ({self.not_before.isoformat()}) must be before the deadline "
+                f"({self.deadline.isoformat()})"
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -11,19 +11,22 @@ A plan spec is a YAML file::
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from kilowatt.spec.base import Spec
 
 __all__ = [
     "Objective",
+    "Ownership",
     "Parallelism",
     "PlanConstraints",
     "PlanModel",
     "PlanSpec",
     "Pricing",
+    "Schedule",
     "ServingWorkload",
     "TrainingWorkload",
 ]
@@ -44,6 +47,8 @@ class PlanModel(Spec):
         active_params: parameters used per token (mixture-of-experts only).
         layers, hidden, heads, seq_len: transformer depth, width, attention heads, context.
         kv_heads: key/value heads (grouped-query attention); defaults to ``heads``.
+        experts: routed experts per mixture-of-experts layer (``moe`` only).
+        experts_per_token: routed experts each token visits (``moe`` only; top-k).
         forward_flops_per_sample: forward-pass FLOPs of one sample (generic models).
         activation_bytes_per_sample: activation memory of one sample in training (generic).
         model_class: calibration key (measured MFU is stored per accelerator and class).
@@ -58,6 +63,8 @@ class PlanModel(Spec):
     hidden: int | None = Field(default=None, gt=0)
     heads: int | None = Field(default=None, gt=0)
     kv_heads: int | None = Field(default=None, gt=0)
+    experts: int | None = Field(default=None, gt=0)
+    experts_per_token: int | None = Field(default=None, gt=0)
     seq_len: int | None = Field(default=None, gt=0)
     forward_flops_per_sample: float | None = Field(default=None, gt=0)
     activation_bytes_per_sample: float | None = Field(default=None, ge=0)
@@ -73,6 +80,11 @@ class PlanModel(Spec):
             raise ValueError(f"a {self.architecture} transformer needs {', '.join(missing)}")
         if self.architecture == "moe" and self.active_params is None:
             raise ValueError("a moe model needs active_params (parameters used per token)")
+        if self.experts_per_token and self.experts and self.experts_per_token > self.experts:
+            raise ValueError(
+                f"experts_per_token ({self.experts_per_token}) cannot exceed experts "
+                f"({self.experts})"
+            )
         if self.active_params is not None and self.active_params > self.params:
             raise ValueError(
                 f"active_params ({self.active_params:g}) cannot exceed params ({self.params:g})"
@@ -89,6 +101,17 @@ class PlanModel(Spec):
         if self.model_class:
             return self.model_class
         return "generic" if self.architecture == "generic" else "transformer"
+
+    @property
+    def expert_params(self) -> float:
+        """Parameters in routed experts (0 for dense models), from ``params``,
+        ``active_params`` and the routing: ``active = shared + k·(params - shared)/E``."""
+        if self.architecture != "moe" or not (self.experts and self.experts_per_token):
+            return 0.0
+        assert self.active_params is not None
+        share = self.experts_per_token / self.experts
+        shared = (self.active_params - share * self.params) / (1.0 - share)
+        return self.params - max(0.0, shared)
 
     @property
     def compute_params(self) -> float:
@@ -199,6 +222,70 @@ class PlanConstraints(Spec):
     mixed_committed_fraction: float = Field(default=0.5, ge=0, le=1)
 
 
+class Schedule(Spec):
+    """When to run a training job: an hourly forecast and the window it must run in.
+
+    Attributes:
+        forecast_csv: hourly forecast file (region, hour, gco2e_per_kwh[, price_usd_per_kwh]).
+        forecast_zone: or an Electricity Maps zone (key in ``ELECTRICITY_MAPS_API_KEY``).
+        region: the forecast's region to read (default: the recommended plan's region).
+        not_before: earliest start (default: now).
+        deadline: the job must end by then.
+        minimise: ``carbon`` or ``cost`` (electricity at the forecast's prices).
+    """
+
+    forecast_csv: str | None = None
+    forecast_zone: str | None = None
+    region: str | None = None
+    not_before: dt.datetime | None = None
+    deadline: dt.datetime
+    minimise: Literal["carbon", "cost"] = "carbon"
+
+    @field_validator("not_before", "deadline")
+    @classmethod
+    def _utc(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)  # naive times are UTC
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Schedule:
+        if (self.forecast_csv is None) == (self.forecast_zone is None):
+            raise ValueError("give exactly one of forecast_csv or forecast_zone")
+        if self.not_before is not None and self.not_before >= self.deadline:
+            raise ValueError(
+                f"not_before ({self.not_before.isoformat()}) must be before the deadline "
+                f"({self.deadline.isoformat()})"
+            )
+        return self
+
+
+class Ownership(Spec):
+    """Buy versus rent: the system to buy and what owning it costs besides its price.
+
+    Attributes:
+        system: catalog purchase option (``kilowatt catalog``'s purchases, e.g. ``dgx-a100``).
+        years: straight-line amortisation period of the purchase price.
+        utilization: share of the hours the system does useful work (renting pays only those).
+        tariff_usd_per_kwh: electricity price at the site.
+        pue: the site's power usage effectiveness (default: the catalog default).
+        hosting_usd_per_kw_month: rack space, power delivery and cooling plant, per kW of
+            the system's maximum draw per month (energy excluded).
+        operations_fraction_per_year: support contracts, spares and staff time per year, as
+            a share of the purchase price.
+        cost_of_capital: yearly interest on the money spent (0 = plain straight-line).
+    """
+
+    system: str
+    years: float = Field(default=4.0, gt=0)
+    utilization: float = Field(default=0.7, gt=0, le=1)
+    tariff_usd_per_kwh: float = Field(ge=0)
+    pue: float | None = Field(default=None, ge=1)
+    hosting_usd_per_kw_month: float = Field(default=150.0, ge=0)
+    operations_fraction_per_year: float = Field(default=0.08, ge=0)
+    cost_of_capital: float = Field(default=0.0, ge=0)
+
+
 class PlanSpec(Spec):
     """A workload to plan: a model and either ``train`` or ``serve``.
 
@@ -214,6 +301,8 @@ class PlanSpec(Spec):
     serve: ServingWorkload | None = None
     parallelism: Parallelism = Parallelism()
     constraints: PlanConstraints = PlanConstraints()
+    schedule: Schedule | None = None
+    buy: Ownership | None = None
     objective: Objective = "cost"
     top: int = Field(default=5, gt=0)
 
@@ -227,6 +316,8 @@ class PlanSpec(Spec):
                 raise ValueError("training a generic model needs train.samples")
             if not generic and self.train.tokens is None:
                 raise ValueError("training a transformer needs train.tokens")
+        if self.serve is not None and self.schedule is not None:
+            raise ValueError("schedule: is for training jobs; serving runs all the time")
         if self.serve is not None and self.model.architecture == "generic":
             raise ValueError("serving plans need a transformer model (dense or moe)")
         return self

@@ -1,8 +1,11 @@
 """The job queue of the local backend: submit, claim (atomically), update, cancel.
 
-``claim_next_job`` picks the highest priority, then the oldest, queued job and takes it with
-a conditional UPDATE (``... WHERE id = ? AND status = 'queued'``): when several workers race
-for one job exactly one update matches, and the others try the next job.
+``claim_next_job`` picks the highest priority, then the oldest, queued job that is due and
+takes it with a conditional UPDATE (``... WHERE id = ? AND status = 'queued'``): when several
+workers race for one job exactly one update matches, and the others try the next job.
+
+A flexible job is due from its ``not_before``; one that can no longer start in time to end by
+its ``deadline`` is marked ``timed_out`` instead of started late.
 """
 
 from __future__ import annotations
@@ -57,8 +60,15 @@ class JobsMixin(StoreBase):
         priority: int = 0,
         max_attempts: int = 1,
         max_runtime_s: float | None = None,
+        flexible: bool = False,
+        not_before: float | None = None,
+        deadline: float | None = None,
     ) -> Job:
-        """Queue a job; audited as ``job.submit``. Higher ``priority`` runs first."""
+        """Queue a job; audited as ``job.submit``. Higher ``priority`` runs first.
+
+        A ``flexible`` job waits for ``not_before`` (epoch seconds) and must be able to end
+        by ``deadline`` (``max_runtime_s`` before it is the latest start)."""
+        _check_window(flexible, not_before, deadline)
         if max_attempts < 1:
             raise SpecError(f"max_attempts={max_attempts} must be at least 1")
         if max_runtime_s is not None and max_runtime_s <= 0:
@@ -79,6 +89,9 @@ class JobsMixin(StoreBase):
                     cost_usd=0.0,
                     carbon_gco2e=0.0,
                     cancel_requested=False,
+                    flexible=flexible,
+                    not_before=not_before,
+                    deadline=deadline,
                     submitted_at=now,
                     updated_at=now,
                     created_by=self._actor,
@@ -88,20 +101,24 @@ class JobsMixin(StoreBase):
             self._audit(connection, "job.submit", f"job:{job_id}", name=name, priority=priority)
         return self.get_job(job_id)
 
-    def claim_next_job(self, worker_id: str) -> Job | None:
-        """Take the next queued job for ``worker_id`` (status -> running, attempts + 1)."""
+    def claim_next_job(self, worker_id: str, now: float | None = None) -> Job | None:
+        """Take the next due queued job for ``worker_id`` (status -> running, attempts + 1).
+
+        ``now`` (epoch seconds, default the clock) decides which flexible jobs are due."""
         jobs = t.jobs.c
+        now = time.time() if now is None else now
+        self.expire_missed_windows(now)
+        due = sa.or_(jobs.flexible.is_(False), jobs.not_before.is_(None), jobs.not_before <= now)
         for _ in range(_CLAIM_TRIES):
             with self._write() as connection:
                 job_id = connection.execute(
                     sa.select(jobs.id)
-                    .where(jobs.status == "queued")
+                    .where(jobs.status == "queued", due)
                     .order_by(jobs.priority.desc(), jobs.id)
                     .limit(1)
                 ).scalar()
                 if job_id is None:
                     return None
-                now = time.time()
                 claimed = connection.execute(
                     sa.update(t.jobs)
                     .where(jobs.id == job_id, jobs.status == "queued")
@@ -117,6 +134,36 @@ class JobsMixin(StoreBase):
             if claimed == 1:
                 return self.get_job(job_id)
         return None  # lost every race; the caller polls again
+
+    def expire_missed_windows(self, now: float | None = None) -> list[int]:
+        """Mark ``timed_out`` the queued flexible jobs that can no longer start in time to
+        end by their deadline; returns their ids."""
+        jobs = t.jobs.c
+        now = time.time() if now is None else now
+        latest_start = jobs.deadline - sa.func.coalesce(jobs.max_runtime_s, 0.0)
+        with self._write() as connection:
+            missed = (
+                connection.execute(
+                    sa.select(jobs.id).where(
+                        jobs.status == "queued", jobs.flexible.is_(True), latest_start < now
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            for job_id in missed:
+                connection.execute(
+                    sa.update(t.jobs)
+                    .where(jobs.id == job_id, jobs.status == "queued")
+                    .values(
+                        status="timed_out",
+                        error="its window closed before it could start and end by its deadline",
+                        finished_at=now,
+                        updated_at=now,
+                    )
+                )
+                self._audit(connection, "job.expire", f"job:{job_id}")
+        return list(missed)
 
     def update_job(self, job_id: int, **fields: Any) -> Job:
         """Set fields of a job (status, pid, devices, exit_code, run_id, ...)."""
@@ -213,8 +260,19 @@ class JobsMixin(StoreBase):
         return str(status)
 
 
+def _check_window(flexible: bool, not_before: float | None, deadline: float | None) -> None:
+    if not flexible and (not_before is not None or deadline is not None):
+        raise SpecError(
+            "not_before and deadline are for flexible jobs; a rigid job starts as soon as the "
+            "queue reaches it; set flexible: true to give the job a window"
+        )
+    if not_before is not None and deadline is not None and not_before >= deadline:
+        raise SpecError(f"not_before ({not_before}) must be before the deadline ({deadline})")
+
+
 def _to_job(row: Any) -> Job:
     values = dict(row._mapping)
+    values["flexible"] = bool(values["flexible"])
     values["spec"] = loads(values["spec"])
     values["devices"] = loads(values["devices"])
     values["cancel_requested"] = bool(values["cancel_requested"])

@@ -229,7 +229,11 @@ class TokenInfo:
 
 @dataclass(frozen=True)
 class Job:
-    """A queued or running job of the local backend, with usage summed over its attempts."""
+    """A queued or running job of the local backend, with usage summed over its attempts.
+
+    A ``flexible`` job runs in a window: not before ``not_before`` and, if it cannot start
+    in time to end by ``deadline`` (its ``max_runtime_s`` before it), not at all. A rigid
+    job starts as soon as the queue reaches it."""
 
     id: int
     name: str
@@ -256,3 +260,17 @@ class Job:
     finished_at: float | None
     updated_at: float
     created_by: str
+    flexible: bool = False
+    not_before: float | None = None
+    deadline: float | None = None
+
+    def due(self, now: float) -> bool:
+        """Whether the job may start at ``now`` (a rigid job always may)."""
+        return not self.flexible or self.not_before is None or self.not_before <= now
+
+    @property
+    def latest_start(self) -> float | None:
+        """The last moment a flexible job can start and still end by its deadline."""
+        if not self.flexible or self.deadline is None:
+            return None
+        return self.deadline - (self.max_runtime_s or 0.0)

@@ -15,7 +15,7 @@ from kilowatt.store._engine import create_store_engine, migrate, schema_revision
 
 def test_open_creates_the_schema_and_reopening_keeps_data(store_url: str, tmp_path: Path) -> None:
     with open_store(url=store_url, artifacts_url=str(tmp_path / "a")) as store:
-        assert schema_revision(store.engine) == "0002"
+        assert schema_revision(store.engine) == "0003"
         run = store.create_run("keep")
     with open_store(url=store_url, artifacts_url=str(tmp_path / "a")) as store:
         assert store.get_run(run.id).project == "keep"
@@ -63,7 +63,7 @@ def test_points_logged_before_metric_chunks_survive_the_upgrade(store_url: str) 
         engine.dispose()
     with open_store(url=store_url) as store:
         history = store.metric_history("r1", "loss")
-        assert schema_revision(store.engine) == "0002"
+        assert schema_revision(store.engine) == "0003"
     assert history.step.tolist() == [0, 0, 1]
     assert history.time.tolist() == [10.5, 10.0, 11.0]  # step 0: writer v, then w
     assert history.value[0] == 2.0 and math.isnan(history.value[1]) and history.value[2] == 0.5
@@ -87,3 +87,24 @@ def test_downgrading_metric_chunks_keeps_the_points(store_url: str) -> None:
                 sa.text("SELECT step, value FROM metrics ORDER BY step")
             ).all()
     assert [tuple(row) for row in rows] == [(0, 0.5), (1, 0.125)]
+
+
+def test_jobs_queued_before_job_windows_stay_rigid_after_the_upgrade(store_url: str) -> None:
+    engine = create_store_engine(store_url)
+    try:
+        assert migrate(engine, "0002") == "0002"
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO jobs (name, spec, priority, status, attempts, max_attempts, "
+                    "time_s, energy_j, cost_usd, carbon_gco2e, cancel_requested, submitted_at, "
+                    "updated_at, created_by) VALUES ('old', '{}', 0, 'queued', 0, 1, 0, 0, 0, "
+                    "0, false, 1.0, 1.0, 'tester')"
+                )
+            )
+    finally:
+        engine.dispose()
+    with open_store(url=store_url) as store:
+        (job,) = store.list_jobs()
+        assert (job.name, job.flexible, job.not_before, job.deadline) == ("old", False, None, None)
+        assert store.claim_next_job("w", now=0.0) is not None  # rigid: due at once

@@ -98,8 +98,9 @@ def test_single_node_time_matches_hand_computation(tiny: Catalog) -> None:
     top = _top(plan(spec, catalog=tiny, calibration=Calibration()))
     flops = (6 * 1e8 + 6 * 12 * 1024 * 768) * 1e10
     steps = round(1e10 / 2**19 + 0.5)
-    # one accelerator at 40% of 100 TFLOP/s, no communication; checkpoints hourly
-    work_s = flops / steps * steps / (100e12 * 0.4)
+    # one accelerator at 40% of 100 TFLOP/s on wide matrices, times the width share of a
+    # 768-wide model (768 / (768 + 512)); no communication; checkpoints hourly
+    work_s = flops / steps * steps / (100e12 * 0.4 * 768 / (768 + 512))
     assert top.compute_s_per_step * top.steps == pytest.approx(work_s, rel=1e-6)
     assert top.comm_s_per_step == 0
     checkpoint_s = 12 * 1e8 / 1e9  # fp32 master + Adam states at 1 GB/s

@@ -98,4 +98,4 @@ def test_audit_verify_passes_then_names_the_tampered_event(
 
 def test_store_migrate_reports_the_revision(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _run_cli(capsys, "store", "migrate")
-    assert code == 0 and out.strip().endswith("is at schema revision 0002")
+    assert code == 0 and out.strip().endswith("is at schema revision 0003")
