@@ -28,7 +28,13 @@ import kilowatt
 from kilowatt.errors import KilowattError, Overloaded
 from kilowatt.serve.errors import BodyTooLarge, InvalidInput, UnknownModel, status_of
 from kilowatt.serve.metrics import CONTENT_TYPE_LATEST
-from kilowatt.serve.protocol import decode_oip, decode_predict, encode_oip, encode_predict
+from kilowatt.serve.protocol import (
+    Tensors,
+    decode_oip,
+    decode_predict,
+    encode_oip,
+    encode_predict,
+)
 from kilowatt.serve.server import InferenceServer
 
 __all__ = ["DEADLINE_HEADER", "ROUTING_KEY_HEADER", "ServeApp", "create_app"]
@@ -161,10 +167,10 @@ class ServeApp:
                 "or use /v2/models/{name}/infer"
             )
         engine = self.server.engine(name)
-        rows = probe.rows if engine.input_dtype == np.float32 else _recast(body, engine)
+        rows = probe.rows if _all_fp32(engine) else _recast(body, engine)
         result = await self.server.infer(name, rows, arrival_s=arrival_s, **options)
         outputs = result.outputs
-        if engine.input_shape is not None and rows.ndim == len(engine.input_shape):
+        if engine.is_one_sample(rows):
             outputs = _first_row(outputs)  # one sample in, one sample out
         return 200, self._headers(_JSON, result.version), encode_predict(outputs)
 
@@ -177,19 +183,24 @@ class ServeApp:
         arrival_s: float,
     ) -> Reply:
         options = self._options(headers)
-        engine = self.server.engine(name, version)
+        self.server.engine(name, version)  # an unknown model is 404 before the body is read
         header_length = headers.get(_BINARY_HEADER.encode())
         length = None
         if header_length is not None:
             if not header_length.isdigit():
                 raise InvalidInput(f"{_BINARY_HEADER} must be an integer")
             length = int(header_length)
-        request = decode_oip(body, length, engine.input_dtype)
+        request = decode_oip(body, length)
         result = await self.server.infer(
             name, request.rows, version=version, arrival_s=arrival_s, **options
         )
         payload, json_length = encode_oip(
-            result.outputs, name, result.version, request.request_id, request.binary_output
+            result.outputs,
+            name,
+            result.version,
+            request.request_id,
+            request.binary_output,
+            request.outputs,
         )
         reply_headers = self._headers(_OCTET if json_length is not None else _JSON, result.version)
         if json_length is not None:
@@ -201,8 +212,12 @@ class ServeApp:
         return [(b"content-type", content_type), (b"kilowatt-model-version", version.encode())]
 
 
-def _recast(body: bytes, engine: Any) -> np.ndarray:
-    return decode_predict(body, engine.input_dtype).rows
+def _all_fp32(engine: Any) -> bool:
+    return all(dtype == np.float32 for dtype in engine.input_dtypes().values())
+
+
+def _recast(body: bytes, engine: Any) -> Tensors:
+    return decode_predict(body, engine.input_dtype, engine.input_dtypes()).rows
 
 
 def _first_row(outputs: Any) -> Any:

@@ -130,14 +130,13 @@ def _model_doc(front: ServeApp, name: str, version: str | None) -> dict[str, Any
     if versions is None:
         raise UnknownModel(f"no model named {name!r}")
     engine = server.engine(name, version)
-    shape = [-1, *engine.input_shape] if engine.input_shape is not None else [-1]
-    from kilowatt.serve.handler import oip_dtype
-
     return {
         "name": name,
         "versions": sorted(versions),
         "platform": "pytorch",
-        "inputs": [{"name": "input0", "datatype": oip_dtype(engine.input_dtype), "shape": shape}],
+        "inputs": [
+            {"name": i.name, "datatype": i.datatype, "shape": [-1, *i.shape]} for i in engine.inputs
+        ],
         "outputs": [
             {"name": o.name, "datatype": o.datatype, "shape": list(o.shape)} for o in engine.outputs
         ],

@@ -36,6 +36,21 @@ def small_mlp() -> torch.nn.Module:
     ).eval()
 
 
+class TwoInputs(torch.nn.Module):
+    """A model with two named inputs of different dtypes and two named outputs."""
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor) -> dict[str, torch.Tensor]:
+        total = x.sum(dim=1, keepdim=True) * scale.to(torch.float32)
+        return {"total": total, "peak": x.max(dim=1, keepdim=True).values}
+
+
+#: The inputs of ``TwoInputs``, as a ``ModelSpec`` declares them.
+TWO_INPUTS = (
+    {"name": "x", "shape": (4,), "datatype": "FP32"},
+    {"name": "scale", "shape": (1,), "datatype": "INT64"},
+)
+
+
 def save_torchscript(module: torch.nn.Module, path: Path) -> Path:
     with warnings.catch_warnings():  # deprecated upstream, still a format users ship
         warnings.simplefilter("ignore", DeprecationWarning)
