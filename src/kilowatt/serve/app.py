@@ -253,11 +253,27 @@ async def _lifespan(api: FastAPI) -> AsyncIterator[None]:
     server: InferenceServer = api.state.server
     if api.state.load_on_startup and not server.ready:
         await asyncio.to_thread(server.load)
+    grpc_endpoint = await _start_grpc(server)
     try:
         yield
     finally:
+        if grpc_endpoint is not None:
+            await grpc_endpoint.stop(server.spec.drain_timeout_s)
         # The HTTP server has finished its in-flight requests; stop the engines.
         await asyncio.to_thread(server.close, server.spec.drain_timeout_s)
+
+
+async def _start_grpc(server: InferenceServer) -> Any:
+    """The gRPC endpoint on the same engines, in this event loop, when the spec asks."""
+    spec = server.spec
+    if spec.grpc_port is None:
+        return None
+    from kilowatt.serve.grpc import GrpcEndpoint, read_tls_pair
+
+    tls = read_tls_pair(spec.tls_cert, spec.tls_key) if spec.tls_cert and spec.tls_key else None
+    endpoint = GrpcEndpoint(server, spec.host, spec.grpc_port, tls, spec.max_body_bytes)
+    await endpoint.start()
+    return endpoint
 
 
 def _build_api(front: ServeApp, admin: bool) -> FastAPI:

@@ -16,10 +16,12 @@ from kilowatt.spec.serve import ModelSpec
 
 if TYPE_CHECKING:
     from kilowatt.serve.app import ServeApp
+    from kilowatt.serve.server import InferenceServer
 
-__all__ = ["add_routes"]
+__all__ = ["EXTENSIONS", "add_routes", "describe_model"]
 
-_EXTENSIONS = ["binary_tensor_data", "model_repository", "kilowatt_predict"]
+#: OIP extensions the server speaks (``GET /v2`` and gRPC ServerMetadata).
+EXTENSIONS = ["binary_tensor_data", "model_repository", "kilowatt_predict"]
 
 _PREDICT_DOC = {
     "requestBody": {
@@ -124,8 +126,8 @@ def _add_health(api: FastAPI, front: ServeApp) -> None:
         )
 
 
-def _model_doc(front: ServeApp, name: str, version: str | None) -> dict[str, Any]:
-    server = front.server
+def describe_model(server: InferenceServer, name: str, version: str | None) -> dict[str, Any]:
+    """The OIP model metadata document (shared by the REST and gRPC routes)."""
     versions = server.models().get(name)
     if versions is None:
         raise UnknownModel(f"no model named {name!r}")
@@ -148,15 +150,15 @@ def _add_metadata(api: FastAPI, front: ServeApp) -> None:
 
     @api.get("/v2", summary="Server metadata")
     def server_metadata() -> dict[str, Any]:
-        return {"name": "kilowatt", "version": kilowatt.__version__, "extensions": _EXTENSIONS}
+        return {"name": "kilowatt", "version": kilowatt.__version__, "extensions": EXTENSIONS}
 
     @api.get("/v2/models/{name}", summary="Model metadata")
     def model_metadata(name: str) -> dict[str, Any]:
-        return _model_doc(front, name, None)
+        return describe_model(front.server, name, None)
 
     @api.get("/v2/models/{name}/versions/{version}", summary="Model version metadata")
     def version_metadata(name: str, version: str) -> dict[str, Any]:
-        return _model_doc(front, name, version)
+        return describe_model(front.server, name, version)
 
     @api.get("/v2/models/{name}/ready", summary="Model readiness")
     def model_ready(name: str) -> Response:

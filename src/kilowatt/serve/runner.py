@@ -76,6 +76,9 @@ def _uvicorn_options(spec: ServeSpec) -> dict[str, Any]:
         "proxy_headers": False,  # nothing proxies a 127.0.0.1 server; saves a middleware hop
         "backlog": 4096,
     }
+    if spec.tls_cert and spec.tls_key:
+        options["ssl_certfile"] = spec.tls_cert
+        options["ssl_keyfile"] = spec.tls_key
     # The C HTTP parser and event loop take a large share of per-request cost off Python.
     if importlib.util.find_spec("httptools"):
         options["http"] = "httptools"
@@ -147,6 +150,10 @@ def run(
     """
     import uvicorn
 
+    if spec.tls_cert and spec.tls_key:
+        from kilowatt.serve.grpc import read_tls_pair
+
+        read_tls_pair(spec.tls_cert, spec.tls_key)  # a missing file is a clear error, at once
     options = _uvicorn_options(spec)
     if spec.workers == 1:
         _set_threads(threads_per_worker(spec))

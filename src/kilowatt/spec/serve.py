@@ -132,6 +132,10 @@ class ServeSpec(Spec):
         max_body_bytes: larger request bodies get 413.
         drain_timeout_s: on SIGTERM, how long in-flight requests may take to finish.
         backend: where it runs (``local`` or ``ray``, with Ray Serve autoscaling options).
+        grpc_port: also serve the Open Inference Protocol over gRPC on this port (0 picks
+            a free one), from the same engines as HTTP; ``None`` serves HTTP only.
+        tls_cert: PEM certificate chain; with ``tls_key``, HTTP and gRPC are served over TLS.
+        tls_key: PEM private key of ``tls_cert``.
     """
 
     models: list[ModelSpec] = Field(min_length=1)
@@ -145,6 +149,19 @@ class ServeSpec(Spec):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     drain_timeout_s: float = Field(30.0, gt=0.0)
     backend: BackendSpec = BackendSpec()
+    grpc_port: int | None = Field(None, ge=0, le=65535)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServeSpec:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError(
+                "TLS needs both tls_cert and tls_key (PEM files); give both or neither"
+            )
+        if self.grpc_port == 0 and self.workers > 1:
+            raise ValueError("workers share one gRPC port: give grpc_port a number, not 0")
+        return self
 
     @model_validator(mode="after")
     def _versions_unique(self) -> ServeSpec:
