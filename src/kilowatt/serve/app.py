@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,6 +28,7 @@ from fastapi.responses import JSONResponse, Response
 import kilowatt
 from kilowatt.errors import KilowattError, Overloaded
 from kilowatt.serve.errors import BodyTooLarge, InvalidInput, UnknownModel, status_of
+from kilowatt.serve.fleet import Fleet
 from kilowatt.serve.metrics import CONTENT_TYPE_LATEST
 from kilowatt.serve.protocol import (
     Tensors,
@@ -37,7 +39,7 @@ from kilowatt.serve.protocol import (
 )
 from kilowatt.serve.server import InferenceServer
 
-__all__ = ["DEADLINE_HEADER", "ROUTING_KEY_HEADER", "ServeApp", "create_app"]
+__all__ = ["DEADLINE_HEADER", "ROUTING_KEY_HEADER", "WORKER_HEADER", "ServeApp", "create_app"]
 
 _log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ _log = logging.getLogger(__name__)
 DEADLINE_HEADER = "kilowatt-deadline-ms"
 #: Requests with the same key go to the same model version (sticky A/B).
 ROUTING_KEY_HEADER = "kilowatt-routing-key"
+#: The process id of the worker that answered (several workers share a port).
+WORKER_HEADER = "kilowatt-worker-pid"
 _BINARY_HEADER = "inference-header-content-length"
 
 _INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
@@ -85,6 +89,9 @@ class ServeApp:
     ) -> None:
         self.server = server
         self.max_body_bytes = max_body_bytes
+        self._pid = str(os.getpid()).encode()
+        #: The other workers of this server, when there are several (``kilowatt.serve.fleet``).
+        self.fleet: Fleet | None = None
         self.api = _build_api(self, admin)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -207,9 +214,12 @@ class ServeApp:
             reply_headers.append((_BINARY_HEADER.encode(), str(json_length).encode()))
         return 200, reply_headers, payload
 
-    @staticmethod
-    def _headers(content_type: bytes, version: str) -> list[tuple[bytes, bytes]]:
-        return [(b"content-type", content_type), (b"kilowatt-model-version", version.encode())]
+    def _headers(self, content_type: bytes, version: str) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"content-type", content_type),
+            (b"kilowatt-model-version", version.encode()),
+            (WORKER_HEADER.encode(), self._pid),
+        ]
 
 
 def _all_fp32(engine: Any) -> bool:
@@ -253,10 +263,15 @@ async def _lifespan(api: FastAPI) -> AsyncIterator[None]:
     server: InferenceServer = api.state.server
     if api.state.load_on_startup and not server.ready:
         await asyncio.to_thread(server.load)
+    fleet: Fleet | None = api.state.front.fleet
+    if fleet is not None:
+        await fleet.start()  # replays the repository changes made before this worker started
     grpc_endpoint = await _start_grpc(server)
     try:
         yield
     finally:
+        if fleet is not None:
+            await fleet.stop()
         if grpc_endpoint is not None:
             await grpc_endpoint.stop(server.spec.drain_timeout_s)
         # The HTTP server has finished its in-flight requests; stop the engines.
@@ -286,6 +301,7 @@ def _build_api(front: ServeApp, admin: bool) -> FastAPI:
         lifespan=_lifespan,
     )
     api.state.server = front.server
+    api.state.front = front
     api.state.load_on_startup = True
     routes.add_routes(api, front, admin)
 

@@ -12,6 +12,7 @@ from fastapi.responses import Response
 
 import kilowatt
 from kilowatt.serve.errors import InvalidInput, UnknownModel
+from kilowatt.serve.fleet import apply_change
 from kilowatt.spec.serve import ModelSpec
 
 if TYPE_CHECKING:
@@ -171,9 +172,16 @@ def _add_metadata(api: FastAPI, front: ServeApp) -> None:
         return Response(status_code=200 if engine.ready else 503)
 
 
-def _add_repository(api: FastAPI, front: ServeApp) -> None:
-    server = front.server
+async def _change(front: ServeApp, change: dict[str, Any]) -> None:
+    # With several workers the change goes through the shared journal, so every worker
+    # applies it before the call returns; alone, it applies here.
+    if front.fleet is not None:
+        await front.fleet.submit(change)
+    else:
+        await asyncio.to_thread(apply_change, front.server, change)
 
+
+def _add_repository(api: FastAPI, front: ServeApp) -> None:
     @api.post("/v2/repository/models/{name}/load", summary="Load (hot reload) a model version")
     async def load(name: str, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
         params = dict(body.get("parameters") or {})
@@ -182,7 +190,7 @@ def _add_repository(api: FastAPI, front: ServeApp) -> None:
             spec = ModelSpec(name=name, **params)
         except ValueError as exc:
             raise InvalidInput(f"invalid model parameters: {exc}") from None
-        await asyncio.to_thread(server.deploy, spec, weights)
+        await _change(front, {"op": "load", "spec": spec.model_dump(), "weights": weights})
         return {"name": name, "version": spec.version, "loaded": True}
 
     @api.post("/v2/repository/models/{name}/unload", summary="Drain and unload a version")
@@ -190,10 +198,10 @@ def _add_repository(api: FastAPI, front: ServeApp) -> None:
         version = (body.get("parameters") or {}).get("version")
         if not isinstance(version, str):
             raise InvalidInput("give the version to unload as parameters.version")
-        await asyncio.to_thread(server.undeploy, name, version)
+        await _change(front, {"op": "unload", "name": name, "version": version})
         return {"name": name, "version": version, "unloaded": True}
 
     @api.post("/v2/repository/models/{name}/weights", summary="Shift traffic between versions")
-    def weights(name: str, body: dict[str, float] = Body(...)) -> dict[str, Any]:
-        server.set_weights(name, body)
+    async def weights(name: str, body: dict[str, float] = Body(...)) -> dict[str, Any]:
+        await _change(front, {"op": "weights", "name": name, "weights": body})
         return {"name": name, "weights": body}
