@@ -213,7 +213,10 @@ def _register_bench(app: typer.Typer) -> None:
 
     @bench.command("serve", no_args_is_help=True)
     def bench_serve(
-        url: str = typer.Argument(..., help="an inference URL, e.g. http://127.0.0.1:8080/predict"),
+        url: str = typer.Argument(
+            ...,
+            help="http(s)://127.0.0.1:8080/predict, .../v2/models/M/infer or grpc(s)://host:port/M",
+        ),
         scenario: str = typer.Option("sweep", help="single-stream|server|offline|sweep"),
         body_file: Path | None = typer.Option(None, "--body", help="request body file (JSON)"),
         features: int = typer.Option(256, help="floats per sample for the default body"),
@@ -224,6 +227,7 @@ def _register_bench(app: typer.Typer) -> None:
         slo_ms: float = typer.Option(100.0, help="latency objective for SLO attainment"),
         json_out: Path | None = typer.Option(None, "--json", help="write results here"),
         seed: int = typer.Option(0, help="seed of the body and of Poisson arrivals"),
+        ca_file: Path | None = typer.Option(None, help="PEM CA of an https/grpcs server"),
     ) -> None:
         """Load-test a running server in the MLPerf LoadGen scenarios."""
         from kilowatt.bench.loadgen import LoadSpec, default_body, render_table, run_scenarios
@@ -239,6 +243,7 @@ def _register_bench(app: typer.Typer) -> None:
             max_requests=max_requests,
             slo_s=slo_ms / 1e3,
             seed=seed,
+            ca_file=str(ca_file) if ca_file else None,
         )
         results = run_scenarios(spec)
         typer.echo(render_table(results))

@@ -16,6 +16,8 @@ import trustme
 from serve_helpers import free_port, serve_process
 from tritonclient.utils import InferenceServerException
 
+from kilowatt.bench.loadgen import LoadSpec, default_body, run_scenarios
+
 
 @pytest.fixture
 def tls_files(tmp_path: Path) -> tuple[Path, Path, Path]:
@@ -47,6 +49,12 @@ def test_https_and_grpc_tls_answer_trusting_clients_only(
             httpx.post(f"{url}/predict", json={"inputs": sample.tolist()})  # system CAs only
         with pytest.raises(httpx.RemoteProtocolError):
             httpx.get(url.replace("https://", "http://") + "/v2/health/ready")  # no plain text
+
+        for load_url in (f"{url}/predict", f"grpcs://127.0.0.1:{grpc_port}/mlp"):
+            body = default_body(load_url, features=16)
+            spec = LoadSpec(load_url, body, concurrencies=(2,), max_requests=10, ca_file=str(ca))
+            [load] = run_scenarios(spec)
+            assert load.statuses == {"200": 10}, load_url
 
         target = f"127.0.0.1:{grpc_port}"
         secure = triton.InferenceServerClient(target, ssl=True, root_certificates=str(ca))
