@@ -414,7 +414,17 @@ async def _run_wanted(spec: LoadSpec) -> list[ScenarioResult]:
 
 def run_scenarios(spec: LoadSpec) -> list[ScenarioResult]:
     """Run the spec's scenario(s) against the server and return one result per run."""
-    return asyncio.run(_run_all(spec))
+    # uvloop, when installed, spends less CPU per request and TLS record than asyncio's own
+    # loop: the client shares the machine with the server it measures.
+    import importlib.util
+
+    factory = None
+    if importlib.util.find_spec("uvloop"):
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(_run_all(spec))
 
 
 def default_body(url: str, features: int = 256, seed: int = 0) -> bytes:
