@@ -51,12 +51,14 @@ OPEN_LOOP_SHARES = (0.5, 0.9)
 FEATURES = 256
 
 LOAD_RUNNER = """
-import json, sys
+import json, resource, sys
 from kilowatt.bench.loadgen import LoadSpec, run_scenarios
 spec = json.loads(open(sys.argv[1]).read())
 spec["body"] = open(spec.pop("body_file"), "rb").read()
-spec["concurrencies"] = tuple(spec["concurrencies"])
-print(json.dumps([r.to_dict() for r in run_scenarios(LoadSpec(**spec))]))
+spec["concurrencies"] = tuple(spec.get("concurrencies", (1,)))
+runs = [r.to_dict() for r in run_scenarios(LoadSpec(**spec))]
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"runs": runs, "cpu_s": usage.ru_utime + usage.ru_stime}))
 """
 
 
@@ -179,18 +181,43 @@ def load(target: Target, work: Path, **options: Any) -> list[dict[str, Any]]:
     spec_file.write_text(json.dumps(spec))
     done = subprocess.run(
         [sys.executable, str(work / "load_runner.py"), str(spec_file)],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True,
     )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"the load generator failed on {target.name}:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout)
 
 
-def closed_loop(target: Target, work: Path, duration_s: float) -> dict[int, dict[str, Any]]:
-    runs = load(target, work, scenario="sweep", concurrencies=CONCURRENCIES, duration_s=duration_s)
-    return {run["concurrency"]: run for run in runs}
+def cpu_seconds(group: int) -> float:
+    """User + system CPU seconds of every live process of a process group (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended while we looked
+        if int(fields[2]) == group:  # pgrp
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / tick
+
+
+def closed_loop(
+    target: Target, work: Path, duration_s: float, group: int
+) -> dict[int, dict[str, Any]]:
+    """The sweep, with the server's and the client's CPU time per request over all of it."""
+    before = cpu_seconds(group)
+    done = load(target, work, scenario="sweep", concurrencies=CONCURRENCIES, duration_s=duration_s)
+    requests = sum(run["requests"] for run in done["runs"]) or 1
+    server_cpu = (cpu_seconds(group) - before) / requests
+    for run in done["runs"]:
+        run["server_cpu_ms_per_request"] = server_cpu * 1e3
+        run["client_cpu_ms_per_request"] = done["cpu_s"] / requests * 1e3
+    return {run["concurrency"]: run for run in done["runs"]}
 
 
 def open_loop(target: Target, work: Path, qps: float, duration_s: float) -> dict[str, Any]:
-    [run] = load(target, work, scenario="server", qps=qps, duration_s=duration_s)
+    [run] = load(target, work, scenario="server", qps=qps, duration_s=duration_s)["runs"]
     return run
 
 
@@ -294,7 +321,7 @@ def one_round(
                 error = float(np.max(np.abs(answer_of(target, verify) - expected)))
                 errors[target.name] = max(errors.get(target.name, 0.0), error)
                 print(f"  {target.name} ...", flush=True)
-                results[target.name] = measure(target)
+                results[target.name] = measure(target, process.pid)
         finally:
             stop(process)
     return results
@@ -318,6 +345,8 @@ def summarize_closed(rounds: list[dict[str, Any]]) -> dict[str, dict[int, dict[s
                 "rps": rps, "rps_spread": rps_spread, "p99_s": p99, "p99_spread": p99_spread,
                 "p50_s": statistics.median(run["p50_s"] for run in runs),
                 "errors": sum(run["errors"] for run in runs),
+                "server_cpu_ms": statistics.median(r["server_cpu_ms_per_request"] for r in runs),
+                "client_cpu_ms": statistics.median(r["client_cpu_ms_per_request"] for r in runs),
             }  # fmt: skip
     return summary
 
@@ -372,7 +401,7 @@ def closed_table(closed: dict[str, Any]) -> str:
     ref = closed.get("torchserve")
     header = (
         f"{'target':<18}{'conns':>6}{'req/s':>9}{'':>6}{'p50 ms':>9}{'p99 ms':>9}{'':>6}"
-        f"{'x TS req/s':>11}{'x TS p99':>10}{'errors':>8}"
+        f"{'x TS req/s':>11}{'x TS p99':>10}{'errors':>8}{'srv ms':>8}{'cli ms':>8}"
     )
     lines = [header, "-" * len(header)]
     for name, runs in closed.items():
@@ -384,6 +413,7 @@ def closed_table(closed: dict[str, Any]) -> str:
                 f"{name:<18}{c:>6}{run['rps']:>9.0f}{_pct(run['rps_spread']):>6}"
                 f"{run['p50_s'] * 1e3:>9.2f}{run['p99_s'] * 1e3:>9.2f}{_pct(run['p99_spread']):>6}"
                 f"{ratio:>11}{p99_ratio:>10}{run['errors']:>8.0f}"
+                f"{run['server_cpu_ms']:>8.2f}{run['client_cpu_ms']:>8.2f}"
             )
     return "\n".join(lines)
 
@@ -475,13 +505,15 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.jit.script(reference_model()).save(str(model_file))
         servers, targets = plan(work, model_file, args)
-        closed_rounds = []
+        closed_rounds, ceilings = [], []
         for index in range(args.repeats):
             print(f"closed loop, round {index + 1} of {args.repeats}", flush=True)
             closed_rounds.append(one_round(
                 servers, targets, work,
-                lambda t: closed_loop(t, work, args.duration), expected, errors,
+                lambda t, group: closed_loop(t, work, args.duration, group), expected, errors,
             ))  # fmt: skip
+            # The model alone, in the same round: the machine's load drifts between rounds.
+            ceilings.append(in_process_ceiling(args.duration))
         closed = summarize_closed(closed_rounds)
         peers = peer_names(closed)
         capacity = max((closed[p][64]["rps"] for p in peers), default=0.0)
@@ -491,15 +523,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"open loop, round {index + 1} of {args.repeats}", flush=True)
                 open_rounds.append(one_round(
                     servers, [t for t in targets if t.open_loop], work,
-                    lambda t: {
+                    lambda t, _group: {
                         str(share): open_loop(t, work, share * capacity, args.duration)
                         for share in OPEN_LOOP_SHARES
                     },
                     expected, errors,
                 ))  # fmt: skip
         opened = summarize_open(open_rounds) if open_rounds else {}
-        print("measuring the model alone in-process ...", flush=True)
-        ceiling = in_process_ceiling()
+        ceiling = {
+            **ceilings[0],
+            "samples_per_s": statistics.median(c["samples_per_s"] for c in ceilings),
+            "spread": median_spread([c["samples_per_s"] for c in ceilings])[1],
+        }
     print(closed_table(closed))
     if opened:
         best = max(peers, key=lambda p: closed[p][64]["rps"])
