@@ -5,6 +5,10 @@ control, versions) and serves the same ASGI app as ``kilowatt serve``, so the Op
 Inference Protocol routes, ``/predict`` and ``/metrics`` are unchanged. Ray Serve's
 autoscaler adds replicas while each has more than ``target_ongoing_requests`` in flight
 and removes them when the load falls, between ``min_replicas`` and ``max_replicas``.
+
+With ``grpc_port`` in the spec, Ray Serve's gRPC proxy also serves the Open Inference
+Protocol's ``inference.GRPCInferenceService`` on that port: each replica answers its
+methods with the same servicer as ``kilowatt serve --grpc-port``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ __all__ = ["DEPLOYMENT_NAME", "RayDeployment", "deploy", "replica_count"]
 
 #: The name of the deployment inside each Ray Serve application.
 DEPLOYMENT_NAME = "kilowatt"
+_ADD_SERVICER = (
+    "kilowatt.serve.grpc.grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
+)
 
 
 class _Replica:
@@ -29,7 +36,8 @@ class _Replica:
 
         if workdir not in sys.path:
             sys.path.insert(0, workdir)  # handlers named module:Class live next to the spec
-        self.spec = ServeSpec.model_validate_json(spec_json)
+        # Ray Serve's proxies own the ports: the replica's app must not bind gRPC itself.
+        self.spec = ServeSpec.model_validate_json(spec_json).model_copy(update={"grpc_port": None})
         self.server = InferenceServer(self.spec, metrics=ServeMetrics())
         self.server.load()
 
@@ -40,10 +48,68 @@ class _Replica:
             self.server, max_body_bytes=self.spec.max_body_bytes, load_on_startup=False
         )
 
+    # -- the OIP gRPC methods, called by Ray Serve's gRPC proxy --------------------------
+
+    async def ServerLive(self, request: Any, grpc_context: Any = None) -> Any:
+        return await self._grpc("ServerLive", request, grpc_context)
+
+    async def ServerReady(self, request: Any, grpc_context: Any = None) -> Any:
+        return await self._grpc("ServerReady", request, grpc_context)
+
+    async def ModelReady(self, request: Any, grpc_context: Any = None) -> Any:
+        return await self._grpc("ModelReady", request, grpc_context)
+
+    async def ServerMetadata(self, request: Any, grpc_context: Any = None) -> Any:
+        return await self._grpc("ServerMetadata", request, grpc_context)
+
+    async def ModelMetadata(self, request: Any, grpc_context: Any = None) -> Any:
+        return await self._grpc("ModelMetadata", request, grpc_context)
+
+    async def ModelInfer(self, request: Any, grpc_context: Any = None) -> Any:
+        return await self._grpc("ModelInfer", request, grpc_context)
+
+    async def _grpc(self, method: str, request: Any, grpc_context: Any) -> Any:
+        from kilowatt.serve.grpc import InferenceServicer
+        from kilowatt.serve.grpc import grpc_predict_v2_pb2 as pb
+
+        servicer = InferenceServicer(self.server)
+        try:
+            return await getattr(servicer, method)(request, _RayContext(grpc_context))
+        except _Aborted:  # the status and details are on Ray's context
+            return getattr(pb, f"{method}Response")()
+
     def check_health(self) -> None:
         """Ray Serve restarts a replica whose server is not ready."""
         if not self.server.ready:
             raise RuntimeError("the kilowatt server of this replica is not ready")
+
+
+class _Aborted(Exception):
+    """A gRPC method ended with a non-OK status."""
+
+
+class _RayContext:
+    """The part of grpc.aio's servicer context that ``InferenceServicer`` uses, over Ray
+    Serve's gRPC context (which sets a status instead of aborting)."""
+
+    def __init__(self, ray_context: Any) -> None:
+        self._context = ray_context
+
+    def time_remaining(self) -> float | None:
+        return None  # the proxy enforces the client's deadline and request_timeout_s
+
+    def invocation_metadata(self) -> Any:
+        return self._context.invocation_metadata() if self._context is not None else ()
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        if self._context is not None:
+            self._context.set_trailing_metadata(metadata)
+
+    async def abort(self, code: Any, details: str) -> None:
+        if self._context is not None:
+            self._context.set_code(code)
+            self._context.set_details(details)
+        raise _Aborted(details)
 
 
 @dataclass(frozen=True)
@@ -53,10 +119,12 @@ class RayDeployment:
     Attributes:
         name: the Ray Serve application name.
         url: the HTTP address of Ray Serve's proxy (OIP routes under it).
+        grpc_target: ``host:port`` of Ray Serve's gRPC proxy, when the spec asked for gRPC.
     """
 
     name: str
     url: str
+    grpc_target: str | None = None
 
     def replicas(self) -> int:
         """Replicas running now."""
@@ -93,7 +161,16 @@ def deploy(spec: ServeSpec, *, workdir: str, name: str | None = None) -> RayDepl
     options = spec.backend.ray
     app_name = name or spec.models[0].name
     port = spec.port or _free_port(spec.host)  # the proxy cannot bind port 0 itself
-    serve.start(http_options={"host": spec.host, "port": port})
+    grpc_port = None
+    options_by_kind: dict[str, Any] = {"http_options": {"host": spec.host, "port": port}}
+    if spec.grpc_port is not None:
+        from ray.serve.config import gRPCOptions
+
+        grpc_port = spec.grpc_port or _free_port(spec.host)
+        options_by_kind["grpc_options"] = gRPCOptions(
+            port=grpc_port, grpc_servicer_functions=[_ADD_SERVICER]
+        )
+    serve.start(**options_by_kind)
     replica = serve.deployment(
         serve.ingress()(_Replica),
         name=DEPLOYMENT_NAME,
@@ -117,7 +194,8 @@ def deploy(spec: ServeSpec, *, workdir: str, name: str | None = None) -> RayDepl
         route_prefix="/",
         blocking=False,
     )
-    return RayDeployment(app_name, f"http://{spec.host}:{_proxy_port(port)}")
+    grpc_target = f"{spec.host}:{grpc_port}" if grpc_port is not None else None
+    return RayDeployment(app_name, f"http://{spec.host}:{_proxy_port(port)}", grpc_target)
 
 
 def _actor_options(cpus: float, gpus: float) -> dict[str, float]:

@@ -136,6 +136,11 @@ def _register_serve(app: typer.Typer) -> None:
         factory: str | None = typer.Option(None, help="module:function for a state dict"),
         input_shape: str | None = typer.Option(None, help="shape of one sample, e.g. 3,32,32"),
         admin: bool = typer.Option(False, help="expose model repository routes (hot reload)"),
+        grpc_port: int | None = typer.Option(None, help="also serve OIP over gRPC on this port"),
+        tls_cert: Path | None = typer.Option(
+            None, help="PEM certificate: serve HTTPS and gRPC+TLS"
+        ),
+        tls_key: Path | None = typer.Option(None, help="PEM private key of --tls-cert"),
     ) -> None:
         """Serve models over the Open Inference Protocol v2 and POST /predict."""
         from kilowatt.serve import serve as run_server
@@ -149,6 +154,9 @@ def _register_serve(app: typer.Typer) -> None:
             },
             "slo": {"latency_s": slo_ms / 1e3, "timeout_s": timeout_s},
             "cache_bytes": int(cache_mb * 1024 * 1024),
+            "grpc_port": grpc_port,
+            "tls_cert": str(tls_cert) if tls_cert else None,
+            "tls_key": str(tls_key) if tls_key else None,
         }  # fmt: skip
         model_options = {"format": format, "factory": factory}
         if input_shape:
@@ -171,9 +179,11 @@ def _register_serve(app: typer.Typer) -> None:
         callbacks: list[ServeCallback] = []
         if store is not None:
             callbacks.append(_StoreRecorder(store, refs, f"http://{spec.host}:{spec.port}"))
+        scheme = "https" if spec.tls_cert else "http"
+        grpc_note = f", gRPC on {spec.host}:{spec.grpc_port}" if spec.grpc_port is not None else ""
         typer.echo(
             f"serving {', '.join(f'{m.name}:{m.version}' for m in spec.models)} "
-            f"on http://{spec.host}:{spec.port} ({spec.workers} worker(s))",
+            f"on {scheme}://{spec.host}:{spec.port}{grpc_note} ({spec.workers} worker(s))",
             err=True,
         )
         try:
@@ -203,7 +213,10 @@ def _register_bench(app: typer.Typer) -> None:
 
     @bench.command("serve", no_args_is_help=True)
     def bench_serve(
-        url: str = typer.Argument(..., help="an inference URL, e.g. http://127.0.0.1:8080/predict"),
+        url: str = typer.Argument(
+            ...,
+            help="http(s)://127.0.0.1:8080/predict, .../v2/models/M/infer or grpc(s)://host:port/M",
+        ),
         scenario: str = typer.Option("sweep", help="single-stream|server|offline|sweep"),
         body_file: Path | None = typer.Option(None, "--body", help="request body file (JSON)"),
         features: int = typer.Option(256, help="floats per sample for the default body"),
@@ -214,6 +227,7 @@ def _register_bench(app: typer.Typer) -> None:
         slo_ms: float = typer.Option(100.0, help="latency objective for SLO attainment"),
         json_out: Path | None = typer.Option(None, "--json", help="write results here"),
         seed: int = typer.Option(0, help="seed of the body and of Poisson arrivals"),
+        ca_file: Path | None = typer.Option(None, help="PEM CA of an https/grpcs server"),
     ) -> None:
         """Load-test a running server in the MLPerf LoadGen scenarios."""
         from kilowatt.bench.loadgen import LoadSpec, default_body, render_table, run_scenarios
@@ -229,6 +243,7 @@ def _register_bench(app: typer.Typer) -> None:
             max_requests=max_requests,
             slo_s=slo_ms / 1e3,
             seed=seed,
+            ca_file=str(ca_file) if ca_file else None,
         )
         results = run_scenarios(spec)
         typer.echo(render_table(results))

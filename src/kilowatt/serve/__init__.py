@@ -5,7 +5,8 @@ Inference Protocol.
 >>> kilowatt.serve("mlp.pt", name="mlp", port=8080)  # doctest: +SKIP
 
 The engine works without HTTP (``InferenceServer``); ``create_app`` wraps it in the ASGI
-app, and ``serve`` runs that app under uvicorn until SIGTERM.
+app, and ``serve`` runs that app under uvicorn until SIGTERM. With ``grpc_port`` the same
+engines also answer the Open Inference Protocol over gRPC (``kilowatt.serve.grpc``).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,11 +28,18 @@ from fastapi.responses import JSONResponse, Response
 import kilowatt
 from kilowatt.errors import KilowattError, Overloaded
 from kilowatt.serve.errors import BodyTooLarge, InvalidInput, UnknownModel, status_of
+from kilowatt.serve.fleet import Fleet
 from kilowatt.serve.metrics import CONTENT_TYPE_LATEST
-from kilowatt.serve.protocol import decode_oip, decode_predict, encode_oip, encode_predict
+from kilowatt.serve.protocol import (
+    Tensors,
+    decode_oip,
+    decode_predict,
+    encode_oip,
+    encode_predict,
+)
 from kilowatt.serve.server import InferenceServer
 
-__all__ = ["DEADLINE_HEADER", "ROUTING_KEY_HEADER", "ServeApp", "create_app"]
+__all__ = ["DEADLINE_HEADER", "ROUTING_KEY_HEADER", "WORKER_HEADER", "ServeApp", "create_app"]
 
 _log = logging.getLogger(__name__)
 
@@ -39,6 +47,8 @@ _log = logging.getLogger(__name__)
 DEADLINE_HEADER = "kilowatt-deadline-ms"
 #: Requests with the same key go to the same model version (sticky A/B).
 ROUTING_KEY_HEADER = "kilowatt-routing-key"
+#: The process id of the worker that answered (several workers share a port).
+WORKER_HEADER = "kilowatt-worker-pid"
 _BINARY_HEADER = "inference-header-content-length"
 
 _INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
@@ -79,6 +89,9 @@ class ServeApp:
     ) -> None:
         self.server = server
         self.max_body_bytes = max_body_bytes
+        self._pid = str(os.getpid()).encode()
+        #: The other workers of this server, when there are several (``kilowatt.serve.fleet``).
+        self.fleet: Fleet | None = None
         self.api = _build_api(self, admin)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -161,10 +174,10 @@ class ServeApp:
                 "or use /v2/models/{name}/infer"
             )
         engine = self.server.engine(name)
-        rows = probe.rows if engine.input_dtype == np.float32 else _recast(body, engine)
+        rows = probe.rows if _all_fp32(engine) else _recast(body, engine)
         result = await self.server.infer(name, rows, arrival_s=arrival_s, **options)
         outputs = result.outputs
-        if engine.input_shape is not None and rows.ndim == len(engine.input_shape):
+        if engine.is_one_sample(rows):
             outputs = _first_row(outputs)  # one sample in, one sample out
         return 200, self._headers(_JSON, result.version), encode_predict(outputs)
 
@@ -177,32 +190,44 @@ class ServeApp:
         arrival_s: float,
     ) -> Reply:
         options = self._options(headers)
-        engine = self.server.engine(name, version)
+        self.server.engine(name, version)  # an unknown model is 404 before the body is read
         header_length = headers.get(_BINARY_HEADER.encode())
         length = None
         if header_length is not None:
             if not header_length.isdigit():
                 raise InvalidInput(f"{_BINARY_HEADER} must be an integer")
             length = int(header_length)
-        request = decode_oip(body, length, engine.input_dtype)
+        request = decode_oip(body, length)
         result = await self.server.infer(
             name, request.rows, version=version, arrival_s=arrival_s, **options
         )
         payload, json_length = encode_oip(
-            result.outputs, name, result.version, request.request_id, request.binary_output
+            result.outputs,
+            name,
+            result.version,
+            request.request_id,
+            request.binary_output,
+            request.outputs,
         )
         reply_headers = self._headers(_OCTET if json_length is not None else _JSON, result.version)
         if json_length is not None:
             reply_headers.append((_BINARY_HEADER.encode(), str(json_length).encode()))
         return 200, reply_headers, payload
 
-    @staticmethod
-    def _headers(content_type: bytes, version: str) -> list[tuple[bytes, bytes]]:
-        return [(b"content-type", content_type), (b"kilowatt-model-version", version.encode())]
+    def _headers(self, content_type: bytes, version: str) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"content-type", content_type),
+            (b"kilowatt-model-version", version.encode()),
+            (WORKER_HEADER.encode(), self._pid),
+        ]
 
 
-def _recast(body: bytes, engine: Any) -> np.ndarray:
-    return decode_predict(body, engine.input_dtype).rows
+def _all_fp32(engine: Any) -> bool:
+    return all(dtype == np.float32 for dtype in engine.input_dtypes().values())
+
+
+def _recast(body: bytes, engine: Any) -> Tensors:
+    return decode_predict(body, engine.input_dtype, engine.input_dtypes()).rows
 
 
 def _first_row(outputs: Any) -> Any:
@@ -238,11 +263,32 @@ async def _lifespan(api: FastAPI) -> AsyncIterator[None]:
     server: InferenceServer = api.state.server
     if api.state.load_on_startup and not server.ready:
         await asyncio.to_thread(server.load)
+    fleet: Fleet | None = api.state.front.fleet
+    if fleet is not None:
+        await fleet.start()  # replays the repository changes made before this worker started
+    grpc_endpoint = await _start_grpc(server)
     try:
         yield
     finally:
+        if fleet is not None:
+            await fleet.stop()
+        if grpc_endpoint is not None:
+            await grpc_endpoint.stop(server.spec.drain_timeout_s)
         # The HTTP server has finished its in-flight requests; stop the engines.
         await asyncio.to_thread(server.close, server.spec.drain_timeout_s)
+
+
+async def _start_grpc(server: InferenceServer) -> Any:
+    """The gRPC endpoint on the same engines, in this event loop, when the spec asks."""
+    spec = server.spec
+    if spec.grpc_port is None:
+        return None
+    from kilowatt.serve.grpc import GrpcEndpoint, read_tls_pair
+
+    tls = read_tls_pair(spec.tls_cert, spec.tls_key) if spec.tls_cert and spec.tls_key else None
+    endpoint = GrpcEndpoint(server, spec.host, spec.grpc_port, tls, spec.max_body_bytes)
+    await endpoint.start()
+    return endpoint
 
 
 def _build_api(front: ServeApp, admin: bool) -> FastAPI:
@@ -255,6 +301,7 @@ def _build_api(front: ServeApp, admin: bool) -> FastAPI:
         lifespan=_lifespan,
     )
     api.state.server = front.server
+    api.state.front = front
     api.state.load_on_startup = True
     routes.add_routes(api, front, admin)
 

@@ -28,22 +28,47 @@ import numpy as np
 from kilowatt.errors import ServeError
 from kilowatt.serve.errors import EngineClosed, QueueFull, RequestTimeout
 
-__all__ = ["BatchReport", "Batcher", "Pending"]
+__all__ = ["BatchReport", "Batcher", "Pending", "row_count"]
 
 _log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
 class Pending:
-    """One admitted request: its rows, its deadline, and where its answer goes."""
+    """One admitted request: its rows, its deadline, and where its answer goes.
 
-    rows: np.ndarray
+    ``rows`` is one array, or for a model with several inputs a dict of arrays by input
+    name, each with the same number of rows.
+    """
+
+    rows: np.ndarray | dict[str, np.ndarray]
     deadline_s: float
     future: asyncio.Future[Any] | concurrent.futures.Future[Any]
     loop: asyncio.AbstractEventLoop | None
     enqueued_s: float = field(default_factory=time.monotonic)
     queue_s: float = 0.0
     compute_s: float = 0.0
+
+    @property
+    def count(self) -> int:
+        """Rows (samples) this request adds to a batch."""
+        return row_count(self.rows)
+
+
+def row_count(rows: np.ndarray | dict[str, np.ndarray]) -> int:
+    """Samples in a request's input: the first axis, shared by every named input."""
+    if isinstance(rows, dict):
+        return len(next(iter(rows.values())))
+    return len(rows)
+
+
+def _stack(parts: list[np.ndarray | dict[str, np.ndarray]]) -> np.ndarray | dict[str, np.ndarray]:
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    if isinstance(first, dict):
+        return {name: np.concatenate([p[name] for p in parts]) for name in first}  # type: ignore[index]
+    return np.concatenate(parts)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -59,7 +84,7 @@ class BatchReport:
     failed: bool
 
 
-PredictFn = Callable[[np.ndarray], Any]
+PredictFn = Callable[[Any], Any]
 
 
 class Batcher:
@@ -175,12 +200,10 @@ class Batcher:
             if not self.adaptive:
                 self._wait_for_window()
             batch, rows = [], 0
-            while self._queue and (
-                not batch or rows + len(self._queue[0].rows) <= self.max_batch_size
-            ):
+            while self._queue and (not batch or rows + self._queue[0].count <= self.max_batch_size):
                 item = self._queue.popleft()
                 batch.append(item)
-                rows += len(item.rows)
+                rows += item.count
             self._busy = True
             return batch
 
@@ -189,7 +212,7 @@ class Batcher:
         # has waited max_queue_delay_s.
         close_at = self._queue[0].enqueued_s + self.max_queue_delay_s
         while not self._closing:
-            rows = sum(len(item.rows) for item in self._queue)
+            rows = sum(item.count for item in self._queue)
             left_s = close_at - time.monotonic()
             if rows >= self.max_batch_size or left_s <= 0:
                 return
@@ -218,7 +241,7 @@ class Batcher:
             return
         with self._cond:
             self._running, self._running_since = live, now
-        rows = live[0].rows if len(live) == 1 else np.concatenate([i.rows for i in live])
+        rows = _stack([item.rows for item in live])
         start = time.perf_counter()
         error: BaseException | None = None
         outputs: Any = None
@@ -228,7 +251,7 @@ class Batcher:
                 outputs, energy_j = self._energy(lambda: self._predict(rows))
             else:
                 outputs = self._predict(rows)
-            parts = _split(outputs, [len(item.rows) for item in live])
+            parts = _split(outputs, [item.count for item in live])
         except Exception as exc:  # one failure fails every request of the batch
             error = exc
         compute_s = time.perf_counter() - start
@@ -242,9 +265,9 @@ class Batcher:
         if error is None:
             _resolve_all(live, parts)
         else:
-            failure = ServeError(f"the model failed on a batch of {len(rows)}: {error}")
+            failure = ServeError(f"the model failed on a batch of {row_count(rows)}: {error}")
             _resolve_all(live, [None] * len(live), failure)
-        self._report(live, len(rows), compute_s, energy_j, len(expired), error is not None)
+        self._report(live, row_count(rows), compute_s, energy_j, len(expired), error is not None)
 
     def _report(
         self,

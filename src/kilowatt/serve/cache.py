@@ -12,11 +12,14 @@ import numpy as np
 __all__ = ["ResponseCache", "cache_key"]
 
 
-def cache_key(model: str, version: str, rows: np.ndarray) -> bytes:
-    """A digest of the model version, the input's dtype and shape, and its bytes."""
+def cache_key(model: str, version: str, rows: np.ndarray | dict[str, np.ndarray]) -> bytes:
+    """A digest of the model version and each input's name, dtype, shape and bytes."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{model}\0{version}\0{rows.dtype.str}\0{rows.shape}\0".encode())
-    digest.update(np.ascontiguousarray(rows).data)
+    digest.update(f"{model}\0{version}\0".encode())
+    tensors = rows.items() if isinstance(rows, dict) else [("", rows)]
+    for name, array in tensors:
+        digest.update(f"{name}\0{array.dtype.str}\0{array.shape}\0".encode())
+        digest.update(np.ascontiguousarray(array).data)
     return digest.digest()
 
 

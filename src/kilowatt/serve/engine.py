@@ -16,7 +16,8 @@ import numpy as np
 from kilowatt.errors import KilowattError, ServeError
 from kilowatt.serve.batcher import Batcher, BatchReport, Pending
 from kilowatt.serve.errors import DeadlineUnmeetable, EngineClosed, InvalidInput, ModelNotReady
-from kilowatt.serve.handler import ModelHandler, numpy_dtype
+from kilowatt.serve.handler import ModelHandler, numpy_dtype, oip_dtype
+from kilowatt.serve.protocol import Tensors
 from kilowatt.spec.serve import BatchingSpec
 
 __all__ = ["EnergyWindows", "ModelEngine"]
@@ -92,6 +93,8 @@ class ModelEngine:
         self._closed = False
         self.input_shape: tuple[int, ...] | None = None
         self.input_dtype = np.dtype(np.float32)
+        #: The model's inputs (one sample's shape each); several only for multi-input models.
+        self.inputs: list[TensorInfo] = []
         self.outputs: list[TensorInfo] = []
         self._on_batch = on_batch
         self._batcher = Batcher(
@@ -123,45 +126,85 @@ class ModelEngine:
             raise
         except (OSError, ValueError, RuntimeError, ImportError) as exc:
             raise ServeError(f"model {self.name!r} v{self.version} failed to load: {exc}") from exc
-        shape = getattr(self.handler, "input_shape", None)
-        self.input_shape = tuple(shape) if shape is not None else None
-        self.input_dtype = numpy_dtype(getattr(self.handler, "input_dtype", "FP32") or "FP32")
+        self._describe_inputs()
         self._warm_up()
         self._batcher.start()
         self.ready = True
 
+    def _describe_inputs(self) -> None:
+        declared = getattr(self.handler, "inputs", None)
+        if declared:
+            self.inputs = [TensorInfo(i.name, i.datatype.upper(), tuple(i.shape)) for i in declared]
+            for info in self.inputs:
+                numpy_dtype(info.datatype)  # an unknown datatype fails the load, not a request
+            self.input_shape = self.inputs[0].shape if len(self.inputs) == 1 else None
+            self.input_dtype = numpy_dtype(self.inputs[0].datatype)
+            return
+        shape = getattr(self.handler, "input_shape", None)
+        self.input_shape = tuple(shape) if shape is not None else None
+        self.input_dtype = numpy_dtype(getattr(self.handler, "input_dtype", "FP32") or "FP32")
+        dtype_name = oip_dtype(self.input_dtype)
+        self.inputs = [TensorInfo("input0", dtype_name, self.input_shape or ())]
+
+    @property
+    def multi_input(self) -> bool:
+        """Whether the model takes several named tensors (``predict`` gets a dict)."""
+        return len(self.inputs) > 1
+
+    def input_dtypes(self) -> dict[str, np.dtype[Any]]:
+        """The NumPy dtype of each input by name."""
+        return {info.name: numpy_dtype(info.datatype) for info in self.inputs}
+
     def _warm_up(self) -> None:
         # The first passes pay for allocation and kernel selection; pay them before ready.
-        if self.input_shape is None:
+        if not self.multi_input and self.input_shape is None:
             return
-        for rows in sorted({1, self.batching.max_batch_size}):
-            sample = np.zeros((rows, *self.input_shape), dtype=self.input_dtype)
+        for count in sorted({1, self.batching.max_batch_size}):
+            if self.multi_input:
+                sample: Any = {
+                    i.name: np.zeros((count, *i.shape), dtype=numpy_dtype(i.datatype))
+                    for i in self.inputs
+                }
+            else:
+                sample = np.zeros((count, *self.input_shape), dtype=self.input_dtype)  # type: ignore[misc]
             out = self.handler.predict(sample)
         self.outputs = _describe_outputs(out)
 
-    def check_rows(self, rows: np.ndarray) -> np.ndarray:
-        """Validate a request's tensor against the model input; returns it with a batch axis.
+    def check_rows(self, rows: Tensors) -> Tensors:
+        """Validate a request's tensor(s) against the model inputs; returns them with a
+        batch axis (a dict in input order for a model with several inputs).
 
         Raises:
-            ServeError: wrong shape or datatype, with the expected ones in the message.
+            InvalidInput: wrong names, shape or datatype, with the expected ones in the message.
         """
-        if rows.dtype != self.input_dtype:
+        if not self.multi_input:
+            if isinstance(rows, dict):
+                if len(rows) != 1:
+                    raise InvalidInput(
+                        f"model {self.name!r} takes one input, got {len(rows)}: {sorted(rows)}"
+                    )
+                rows = next(iter(rows.values()))  # one input: any name will do
+            return _check_tensor(rows, self.input_dtype, self.input_shape, None)
+        names = [info.name for info in self.inputs]
+        if not isinstance(rows, dict) or set(rows) != set(names):
+            sent = sorted(rows) if isinstance(rows, dict) else "one unnamed tensor"
             raise InvalidInput(
-                f"input datatype {rows.dtype} does not match the model's {self.input_dtype}"
+                f"model {self.name!r} takes inputs {names}, got {sent}; send one tensor per name"
             )
-        if self.input_shape is None:
-            return rows
-        if rows.shape == self.input_shape:
-            return rows.reshape((1, *self.input_shape))
-        if rows.ndim == len(self.input_shape) + 1 and rows.shape[1:] == self.input_shape:
-            if rows.shape[0] == 0:
-                raise InvalidInput("the input has 0 rows; send at least one sample")
-            return rows
-        raise InvalidInput(
-            f"input shape {list(rows.shape)} does not match the model's "
-            f"[-1, {', '.join(map(str, self.input_shape))}] (a batch of samples of shape "
-            f"{list(self.input_shape)})"
-        )
+        checked = {
+            i.name: _check_tensor(rows[i.name], numpy_dtype(i.datatype), i.shape, i.name)
+            for i in self.inputs
+        }
+        counts = {name: len(array) for name, array in checked.items()}
+        if len(set(counts.values())) != 1:
+            raise InvalidInput(f"the inputs hold different numbers of samples: {counts}")
+        return checked
+
+    def is_one_sample(self, rows: Tensors) -> bool:
+        """Whether a request sent one sample without a batch axis (answered likewise)."""
+        if isinstance(rows, dict):
+            return all(i.name in rows and rows[i.name].ndim == len(i.shape) for i in self.inputs)
+        return self.input_shape is not None and rows.ndim == len(self.input_shape)
 
     def admit(self, deadline_s: float) -> None:
         """Refuse at once (``Overloaded``) when the deadline cannot be met by queueing."""
@@ -178,7 +221,7 @@ class ModelEngine:
                 retry_after_s=max(wait_s, 0.001),
             )
 
-    async def infer(self, rows: np.ndarray, deadline_s: float) -> Any:
+    async def infer(self, rows: Tensors, deadline_s: float) -> Any:
         """Queue checked rows and await their outputs (one part per request)."""
         self.admit(deadline_s)
         loop = asyncio.get_running_loop()
@@ -186,7 +229,7 @@ class ModelEngine:
         self._batcher.submit(Pending(rows, deadline_s, future, loop))
         return await future
 
-    def infer_sync(self, rows: np.ndarray, timeout_s: float = 30.0) -> Any:
+    def infer_sync(self, rows: Tensors, timeout_s: float = 30.0) -> Any:
         """Blocking variant of ``infer`` for callers without an event loop."""
         deadline_s = time.monotonic() + timeout_s
         self.admit(deadline_s)
@@ -201,8 +244,6 @@ class ModelEngine:
 
 
 def _describe_outputs(out: Any) -> list[TensorInfo]:
-    from kilowatt.serve.handler import oip_dtype
-
     if isinstance(out, dict):
         items = list(out.items())
     elif isinstance(out, tuple | list):
@@ -214,3 +255,23 @@ def _describe_outputs(out: Any) -> list[TensorInfo]:
         array = np.asarray(value)
         infos.append(TensorInfo(str(key), oip_dtype(array.dtype), (-1, *array.shape[1:])))
     return infos
+
+
+def _check_tensor(
+    rows: np.ndarray, dtype: np.dtype[Any], shape: tuple[int, ...] | None, name: str | None
+) -> np.ndarray:
+    what = f"input {name!r}" if name is not None else "input"
+    if rows.dtype != dtype:
+        raise InvalidInput(f"{what} datatype {rows.dtype} does not match the model's {dtype}")
+    if shape is None:
+        return rows
+    if rows.shape == shape:
+        return rows.reshape((1, *shape))
+    if rows.ndim == len(shape) + 1 and rows.shape[1:] == shape:
+        if rows.shape[0] == 0:
+            raise InvalidInput(f"{what} has 0 rows; send at least one sample")
+        return rows
+    raise InvalidInput(
+        f"{what} shape {list(rows.shape)} does not match the model's "
+        f"[-1, {', '.join(map(str, shape))}] (a batch of samples of shape {list(shape)})"
+    )

@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from kilowatt.errors import ServeError, SpecError
-from kilowatt.spec.serve import ModelSpec
+from kilowatt.spec.serve import InputSpec, ModelSpec
 
 __all__ = [
     "DTYPES",
@@ -74,7 +74,9 @@ class ModelHandler(Protocol):
     """What the engine needs from a model: load it once, then run batches.
 
     Optional attributes a handler may set: ``input_shape`` (shape of one sample, for
-    warm-up and request checks) and ``input_dtype`` (an OIP datatype name).
+    warm-up and request checks) and ``input_dtype`` (an OIP datatype name); a model with
+    several inputs sets ``inputs`` instead (objects with ``name``, ``shape`` of one sample
+    and ``datatype``), and its ``predict`` gets a dict of arrays by input name.
     """
 
     def load(self) -> None:
@@ -91,6 +93,7 @@ class TorchHandler:
         build: returns the module; called by ``load()``.
         input_shape: shape of one sample; inferred from the module when ``None``.
         input_dtype: OIP datatype of the input.
+        inputs: named inputs of a module taking several tensors, in ``forward`` order.
     """
 
     def __init__(
@@ -98,10 +101,12 @@ class TorchHandler:
         build: Callable[[], Any],
         input_shape: tuple[int, ...] | None = None,
         input_dtype: str = "FP32",
+        inputs: tuple[InputSpec, ...] | None = None,
     ) -> None:
         self._build = build
         self.input_shape = input_shape
         self.input_dtype = input_dtype
+        self.inputs = inputs
         self._module: Any = None
 
     def load(self) -> None:
@@ -113,16 +118,21 @@ class TorchHandler:
             with contextlib.suppress(NotImplementedError):
                 module.eval()
         self._module = module
-        if self.input_shape is None:
+        if self.input_shape is None and self.inputs is None:
             self.input_shape = _infer_input_shape(module)
 
-    def predict(self, batch: np.ndarray) -> Any:
+    def predict(self, batch: np.ndarray | dict[str, np.ndarray]) -> Any:
         import torch
 
         if self._module is None:
             raise ServeError("predict() before load(): the model is not loaded yet")
+        if isinstance(batch, dict) and self.inputs is not None:
+            # Several inputs: passed positionally, in the order the spec declares them.
+            args = [torch.from_numpy(batch[spec.name]) for spec in self.inputs]
+        else:
+            args = [torch.from_numpy(batch)]  # type: ignore[arg-type]
         with torch.inference_mode():
-            out = self._module(torch.from_numpy(batch))
+            out = self._module(*args)
         return _to_numpy(out)
 
 
@@ -230,6 +240,8 @@ def load_handler(spec: ModelSpec) -> ModelHandler:
             raise SpecError(f"handler {spec.source!r} needs load() and predict(batch) methods")
         if spec.input_shape is not None:
             handler.input_shape = spec.input_shape
+        if spec.inputs is not None:
+            handler.inputs = spec.inputs
         return handler
     path = Path(spec.source)
     if not path.is_file():
@@ -237,7 +249,7 @@ def load_handler(spec: ModelSpec) -> ModelHandler:
     if fmt == "auto":
         fmt = _detect_format(path)
     build = _builder(fmt, path, spec)
-    return TorchHandler(build, spec.input_shape, spec.input_dtype)
+    return TorchHandler(build, spec.input_shape, spec.input_dtype, spec.inputs)
 
 
 def _builder(fmt: str, path: Path, spec: ModelSpec) -> Callable[[], Any]:

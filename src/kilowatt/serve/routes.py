@@ -12,14 +12,17 @@ from fastapi.responses import Response
 
 import kilowatt
 from kilowatt.serve.errors import InvalidInput, UnknownModel
+from kilowatt.serve.fleet import apply_change
 from kilowatt.spec.serve import ModelSpec
 
 if TYPE_CHECKING:
     from kilowatt.serve.app import ServeApp
+    from kilowatt.serve.server import InferenceServer
 
-__all__ = ["add_routes"]
+__all__ = ["EXTENSIONS", "add_routes", "describe_model"]
 
-_EXTENSIONS = ["binary_tensor_data", "model_repository", "kilowatt_predict"]
+#: OIP extensions the server speaks (``GET /v2`` and gRPC ServerMetadata).
+EXTENSIONS = ["binary_tensor_data", "model_repository", "kilowatt_predict"]
 
 _PREDICT_DOC = {
     "requestBody": {
@@ -124,20 +127,19 @@ def _add_health(api: FastAPI, front: ServeApp) -> None:
         )
 
 
-def _model_doc(front: ServeApp, name: str, version: str | None) -> dict[str, Any]:
-    server = front.server
+def describe_model(server: InferenceServer, name: str, version: str | None) -> dict[str, Any]:
+    """The OIP model metadata document (shared by the REST and gRPC routes)."""
     versions = server.models().get(name)
     if versions is None:
         raise UnknownModel(f"no model named {name!r}")
     engine = server.engine(name, version)
-    shape = [-1, *engine.input_shape] if engine.input_shape is not None else [-1]
-    from kilowatt.serve.handler import oip_dtype
-
     return {
         "name": name,
         "versions": sorted(versions),
         "platform": "pytorch",
-        "inputs": [{"name": "input0", "datatype": oip_dtype(engine.input_dtype), "shape": shape}],
+        "inputs": [
+            {"name": i.name, "datatype": i.datatype, "shape": [-1, *i.shape]} for i in engine.inputs
+        ],
         "outputs": [
             {"name": o.name, "datatype": o.datatype, "shape": list(o.shape)} for o in engine.outputs
         ],
@@ -149,15 +151,15 @@ def _add_metadata(api: FastAPI, front: ServeApp) -> None:
 
     @api.get("/v2", summary="Server metadata")
     def server_metadata() -> dict[str, Any]:
-        return {"name": "kilowatt", "version": kilowatt.__version__, "extensions": _EXTENSIONS}
+        return {"name": "kilowatt", "version": kilowatt.__version__, "extensions": EXTENSIONS}
 
     @api.get("/v2/models/{name}", summary="Model metadata")
     def model_metadata(name: str) -> dict[str, Any]:
-        return _model_doc(front, name, None)
+        return describe_model(front.server, name, None)
 
     @api.get("/v2/models/{name}/versions/{version}", summary="Model version metadata")
     def version_metadata(name: str, version: str) -> dict[str, Any]:
-        return _model_doc(front, name, version)
+        return describe_model(front.server, name, version)
 
     @api.get("/v2/models/{name}/ready", summary="Model readiness")
     def model_ready(name: str) -> Response:
@@ -170,9 +172,16 @@ def _add_metadata(api: FastAPI, front: ServeApp) -> None:
         return Response(status_code=200 if engine.ready else 503)
 
 
-def _add_repository(api: FastAPI, front: ServeApp) -> None:
-    server = front.server
+async def _change(front: ServeApp, change: dict[str, Any]) -> None:
+    # With several workers the change goes through the shared journal, so every worker
+    # applies it before the call returns; alone, it applies here.
+    if front.fleet is not None:
+        await front.fleet.submit(change)
+    else:
+        await asyncio.to_thread(apply_change, front.server, change)
 
+
+def _add_repository(api: FastAPI, front: ServeApp) -> None:
     @api.post("/v2/repository/models/{name}/load", summary="Load (hot reload) a model version")
     async def load(name: str, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
         params = dict(body.get("parameters") or {})
@@ -181,7 +190,7 @@ def _add_repository(api: FastAPI, front: ServeApp) -> None:
             spec = ModelSpec(name=name, **params)
         except ValueError as exc:
             raise InvalidInput(f"invalid model parameters: {exc}") from None
-        await asyncio.to_thread(server.deploy, spec, weights)
+        await _change(front, {"op": "load", "spec": spec.model_dump(), "weights": weights})
         return {"name": name, "version": spec.version, "loaded": True}
 
     @api.post("/v2/repository/models/{name}/unload", summary="Drain and unload a version")
@@ -189,10 +198,10 @@ def _add_repository(api: FastAPI, front: ServeApp) -> None:
         version = (body.get("parameters") or {}).get("version")
         if not isinstance(version, str):
             raise InvalidInput("give the version to unload as parameters.version")
-        await asyncio.to_thread(server.undeploy, name, version)
+        await _change(front, {"op": "unload", "name": name, "version": version})
         return {"name": name, "version": version, "unloaded": True}
 
     @api.post("/v2/repository/models/{name}/weights", summary="Shift traffic between versions")
-    def weights(name: str, body: dict[str, float] = Body(...)) -> dict[str, Any]:
-        server.set_weights(name, body)
+    async def weights(name: str, body: dict[str, float] = Body(...)) -> dict[str, Any]:
+        await _change(front, {"op": "weights", "name": name, "weights": body})
         return {"name": name, "weights": body}

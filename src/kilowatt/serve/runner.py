@@ -17,6 +17,7 @@ from typing import Any
 
 from kilowatt.errors import MeterUnavailable, SpecError
 from kilowatt.serve.app import ServeApp, create_app
+from kilowatt.serve.fleet import FLEET_ENV, Fleet
 from kilowatt.serve.metrics import ServeMetrics
 from kilowatt.serve.server import DeploymentEvent, InferenceServer, ServeCallback
 from kilowatt.spec.serve import ServeSpec
@@ -76,6 +77,9 @@ def _uvicorn_options(spec: ServeSpec) -> dict[str, Any]:
         "proxy_headers": False,  # nothing proxies a 127.0.0.1 server; saves a middleware hop
         "backlog": 4096,
     }
+    if spec.tls_cert and spec.tls_key:
+        options["ssl_certfile"] = spec.tls_cert
+        options["ssl_keyfile"] = spec.tls_key
     # The C HTTP parser and event loop take a large share of per-request cost off Python.
     if importlib.util.find_spec("httptools"):
         options["http"] = "httptools"
@@ -93,7 +97,11 @@ def worker_app() -> ServeApp:
     _set_threads(threads_per_worker(spec))
     server = InferenceServer(spec, metrics=ServeMetrics(), meter=_default_meter())
     admin = os.environ.get(_ADMIN_ENV) == "1"
-    return create_app(server, max_body_bytes=spec.max_body_bytes, admin=admin)
+    app = create_app(server, max_body_bytes=spec.max_body_bytes, admin=admin)
+    fleet_dir = os.environ.get(FLEET_ENV)
+    if admin and fleet_dir:
+        app.fleet = Fleet(fleet_dir, server)
+    return app
 
 
 class _MeterWhenReady:
@@ -147,6 +155,10 @@ def run(
     """
     import uvicorn
 
+    if spec.tls_cert and spec.tls_key:
+        from kilowatt.serve.grpc import read_tls_pair
+
+        read_tls_pair(spec.tls_cert, spec.tls_key)  # a missing file is a clear error, at once
     options = _uvicorn_options(spec)
     if spec.workers == 1:
         _set_threads(threads_per_worker(spec))
@@ -156,8 +168,12 @@ def run(
         app = create_app(server, max_body_bytes=spec.max_body_bytes, admin=admin)
         uvicorn.run(app, **options)
         return
-    with tempfile.TemporaryDirectory(prefix="kilowatt-metrics-") as metrics_dir:
+    with (
+        tempfile.TemporaryDirectory(prefix="kilowatt-metrics-") as metrics_dir,
+        tempfile.TemporaryDirectory(prefix="kilowatt-fleet-") as fleet_dir,
+    ):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        os.environ[FLEET_ENV] = fleet_dir
         os.environ[SPEC_ENV] = spec.model_dump_json()
         os.environ[_ADMIN_ENV] = "1" if admin else "0"
         for model in spec.models:

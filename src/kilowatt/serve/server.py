@@ -38,6 +38,7 @@ from kilowatt.serve.errors import (
 )
 from kilowatt.serve.handler import ModelHandler, load_handler
 from kilowatt.serve.metrics import ServeMetrics
+from kilowatt.serve.protocol import Tensors
 from kilowatt.spec.serve import ModelSpec, ServeSpec
 
 __all__ = ["DeploymentEvent", "InferResult", "InferenceServer", "ServeCallback"]
@@ -294,7 +295,7 @@ class InferenceServer:
     async def infer(
         self,
         name: str,
-        rows: np.ndarray,
+        rows: Tensors,
         *,
         version: str | None = None,
         key: str | None = None,
@@ -305,7 +306,8 @@ class InferenceServer:
 
         Args:
             name: model name.
-            rows: input tensor (one sample, or samples stacked on axis 0).
+            rows: input tensor (one sample, or samples stacked on axis 0); a dict of
+                tensors by input name for a model with several inputs.
             version: a specific version; otherwise the traffic split decides.
             key: sticky routing key (same key, same version while weights hold).
             deadline_s: seconds this request may take; defaults to the SLO latency.
@@ -334,7 +336,7 @@ class InferenceServer:
         self,
         route: _Route,
         engine: ModelEngine,
-        rows: np.ndarray,
+        rows: Tensors,
         deadline: float,
         version: str | None,
         key: str | None,
@@ -368,7 +370,7 @@ class InferenceServer:
     async def _await_with_retry(
         self,
         engine: ModelEngine,
-        rows: np.ndarray,
+        rows: Tensors,
         deadline: float,
         version: str | None,
         key: str | None,
@@ -384,7 +386,7 @@ class InferenceServer:
             return await self._await_engine(replacement, rows, deadline), replacement
 
     @staticmethod
-    async def _await_engine(engine: ModelEngine, rows: np.ndarray, deadline: float) -> Any:
+    async def _await_engine(engine: ModelEngine, rows: Tensors, deadline: float) -> Any:
         # No timer per request: the batcher expires requests still queued at their
         # deadline, and its watchdog fails a batch whose forward pass overruns the timeout.
         return await engine.infer(rows, deadline)
@@ -406,7 +408,7 @@ class InferenceServer:
     # -- shadow traffic ----------------------------------------------------------------
 
     def _start_shadows(
-        self, route: _Route, rows: np.ndarray, deadline: float
+        self, route: _Route, rows: Tensors, deadline: float
     ) -> asyncio.Future[Any] | None:
         if not route.shadows:
             return None
@@ -419,7 +421,7 @@ class InferenceServer:
         return served
 
     async def _shadow(
-        self, engine: ModelEngine, rows: np.ndarray, deadline: float, served: asyncio.Future[Any]
+        self, engine: ModelEngine, rows: Tensors, deadline: float, served: asyncio.Future[Any]
     ) -> None:
         labels = (engine.name, engine.version)
         start = time.monotonic()

@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 from kilowatt.spec.backend import BackendSpec
 from kilowatt.spec.base import Spec
 
-__all__ = ["BatchingSpec", "ModelSpec", "ServeSLO", "ServeSpec"]
+__all__ = ["BatchingSpec", "InputSpec", "ModelSpec", "ServeSLO", "ServeSpec"]
 
 # torch.export and TorchScript files are recognised by content; the others need a hint.
 ModelFormat = Literal["auto", "torchscript", "export", "state_dict", "handler"]
@@ -53,6 +53,20 @@ class ServeSLO(Spec):
     timeout_s: float = Field(30.0, gt=0.0)
 
 
+class InputSpec(Spec):
+    """One named input of a model with several inputs.
+
+    Attributes:
+        name: the tensor name clients send (OIP ``inputs[].name``, ``/predict`` key).
+        shape: shape of one sample of this input.
+        datatype: Open Inference Protocol datatype name (FP32, INT64, ...).
+    """
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    shape: tuple[int, ...]
+    datatype: str = "FP32"
+
+
 class ModelSpec(Spec):
     """One version of one served model.
 
@@ -69,6 +83,8 @@ class ModelSpec(Spec):
         input_shape: shape of one sample, used for warm-up and request checks;
             read from the model when it declares one.
         input_dtype: dtype of the input tensor (Open Inference Protocol names: FP32, ...).
+        inputs: the named inputs of a model that takes several tensors, in the order its
+            ``forward`` takes them (instead of ``input_shape`` and ``input_dtype``).
     """
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
@@ -80,11 +96,23 @@ class ModelSpec(Spec):
     shadow: bool = False
     input_shape: tuple[int, ...] | None = None
     input_dtype: str = "FP32"
+    inputs: tuple[InputSpec, ...] | None = None
 
     @model_validator(mode="after")
     def _state_dict_needs_factory(self) -> ModelSpec:
         if self.format == "state_dict" and not self.factory:
             raise ValueError("a state dict needs factory: 'module:function' that builds the module")
+        return self
+
+    @model_validator(mode="after")
+    def _inputs_named_once(self) -> ModelSpec:
+        if self.inputs is None:
+            return self
+        names = [i.name for i in self.inputs]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"inputs must name each tensor once, got {names}")
+        if self.input_shape is not None:
+            raise ValueError("give either input_shape or inputs (one shape per named input)")
         return self
 
 
@@ -104,6 +132,10 @@ class ServeSpec(Spec):
         max_body_bytes: larger request bodies get 413.
         drain_timeout_s: on SIGTERM, how long in-flight requests may take to finish.
         backend: where it runs (``local`` or ``ray``, with Ray Serve autoscaling options).
+        grpc_port: also serve the Open Inference Protocol over gRPC on this port (0 picks
+            a free one), from the same engines as HTTP; ``None`` serves HTTP only.
+        tls_cert: PEM certificate chain; with ``tls_key``, HTTP and gRPC are served over TLS.
+        tls_key: PEM private key of ``tls_cert``.
     """
 
     models: list[ModelSpec] = Field(min_length=1)
@@ -117,6 +149,19 @@ class ServeSpec(Spec):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     drain_timeout_s: float = Field(30.0, gt=0.0)
     backend: BackendSpec = BackendSpec()
+    grpc_port: int | None = Field(None, ge=0, le=65535)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServeSpec:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError(
+                "TLS needs both tls_cert and tls_key (PEM files); give both or neither"
+            )
+        if self.grpc_port == 0 and self.workers > 1:
+            raise ValueError("workers share one gRPC port: give grpc_port a number, not 0")
+        return self
 
     @model_validator(mode="after")
     def _versions_unique(self) -> ServeSpec:

@@ -45,6 +45,7 @@ def deployment() -> Iterator[RayDeployment]:
                      "format": "handler", "input_shape": [3]}
                 ],
                 "port": 0,
+                "grpc_port": 0,
                 "backend": {"kind": "ray", "ray": {
                     "cpus_per_worker": 0.5, "min_replicas": 1, "max_replicas": 2,
                     "target_ongoing_requests": 1, "upscale_delay_s": 0.5,
@@ -90,6 +91,22 @@ def test_answers_open_inference_protocol_requests(deployment: RayDeployment) -> 
     assert body["outputs"][0]["data"] == [2.0, 4.0, 6.0]
     metadata = httpx.get(f"{deployment.url}/v2/models/double", timeout=30).json()
     assert metadata["inputs"][0]["shape"] == [-1, 3]
+
+
+def test_grpc_proxy_serves_the_inference_service(deployment: RayDeployment) -> None:
+    import numpy as np
+    import tritonclient.grpc as triton
+    from tritonclient.utils import InferenceServerException
+
+    assert deployment.grpc_target is not None
+    client = triton.InferenceServerClient(deployment.grpc_target)
+    assert client.is_server_ready() and client.is_model_ready("double")
+    tensor = triton.InferInput("x", [1, 3], "FP32")
+    tensor.set_data_from_numpy(np.array([[1, 2, 3]], dtype=np.float32))
+    assert client.infer("double", [tensor]).as_numpy("output0").tolist() == [[2.0, 4.0, 6.0]]
+    with pytest.raises(InferenceServerException, match="no model named 'nope'") as error:
+        client.infer("nope", [tensor])
+    assert error.value.status() == "StatusCode.NOT_FOUND"
 
 
 def test_unknown_model_gets_404(deployment: RayDeployment) -> None:

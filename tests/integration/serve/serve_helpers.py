@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -34,6 +35,21 @@ def small_mlp() -> torch.nn.Module:
     return torch.nn.Sequential(
         torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)
     ).eval()
+
+
+class TwoInputs(torch.nn.Module):
+    """A model with two named inputs of different dtypes and two named outputs."""
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor) -> dict[str, torch.Tensor]:
+        total = x.sum(dim=1, keepdim=True) * scale.to(torch.float32)
+        return {"total": total, "peak": x.max(dim=1, keepdim=True).values}
+
+
+#: The inputs of ``TwoInputs``, as a ``ModelSpec`` declares them.
+TWO_INPUTS = (
+    {"name": "x", "shape": (4,), "datatype": "FP32"},
+    {"name": "scale", "shape": (1,), "datatype": "INT64"},
+)
 
 
 def save_torchscript(module: torch.nn.Module, path: Path) -> Path:
@@ -120,17 +136,21 @@ def free_port() -> int:
 
 @contextmanager
 def serve_process(
-    args: list[str], env: dict[str, str] | None = None
+    args: list[str], env: dict[str, str] | None = None, verify: ssl.SSLContext | bool = True
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Run ``kilowatt serve ARGS --port P`` and yield (base URL, process) once ready."""
+    """Run ``kilowatt serve ARGS --port P`` and yield (base URL, process) once ready.
+
+    With ``--tls-cert`` in ARGS the URL is https, checked with the SSL context ``verify``.
+    """
     port = free_port()
     command = [sys.executable, "-m", "kilowatt.cli.main", "serve", *args, "--port", str(port)]
     process = subprocess.Popen(
         command, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    url = f"http://127.0.0.1:{port}"
+    scheme = "https" if "--tls-cert" in args else "http"
+    url = f"{scheme}://127.0.0.1:{port}"
     try:
-        wait_ready(url, process)
+        wait_ready(url, process, verify=verify)
         yield url, process
     finally:
         if process.poll() is None:
@@ -144,14 +164,20 @@ def serve_process(
             process.stdout.close()
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 90) -> None:
+def wait_ready(
+    url: str,
+    process: subprocess.Popen[bytes],
+    timeout_s: float = 90,
+    verify: ssl.SSLContext | bool = True,
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             output = process.stdout.read().decode() if process.stdout else ""
             raise RuntimeError(f"kilowatt serve exited with {process.returncode}:\n{output}")
         try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+            ready = httpx.get(f"{url}/v2/health/ready", timeout=1, verify=verify)
+            if ready.status_code == 200:
                 return
         except httpx.TransportError:
             pass

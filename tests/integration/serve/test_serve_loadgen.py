@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from serve_helpers import Gate, make_server, running
+from serve_helpers import Gate, free_port, make_server, running
 
-from kilowatt.bench.loadgen import LoadSpec, run_scenarios
+from kilowatt.bench.loadgen import LoadSpec, default_body, run_scenarios
 from kilowatt.cli.main import main
 from kilowatt.spec import ModelSpec
 
@@ -68,3 +68,32 @@ def test_refused_requests_count_as_errors_against_the_slo() -> None:
         [result] = run_scenarios(spec)
     assert (result.ok, result.errors, result.statuses) == (0, 10, {"400": 10})
     assert result.slo_attainment == 0.0
+
+
+@pytest.mark.parametrize("scenario", ["sweep", "server"])
+def test_grpc_load_closed_loop_and_poisson(scenario: str) -> None:
+    port = free_port()
+    server = make_server(ModelSpec(name="m", source="scale:2"), factory=Gate(), grpc_port=port)
+    with running(server):
+        spec = LoadSpec(
+            url=f"grpc://127.0.0.1:{port}/m",
+            body=default_body(f"grpc://127.0.0.1:{port}/m", features=2),
+            scenario=scenario,
+            qps=200,
+            concurrencies=(4,),
+            duration_s=30,
+            max_requests=30,
+            slo_s=5.0,
+        )
+        [result] = run_scenarios(spec)
+        bad = LoadSpec(
+            url=f"grpc://127.0.0.1:{port}/nope", body=default_body("grpc://h:1/nope", features=2),
+            concurrencies=(1,), max_requests=3, duration_s=30,
+        )  # fmt: skip
+        [missing] = run_scenarios(bad)
+    assert (result.requests, result.statuses) == (30, {"200": 30})
+    assert missing.statuses == {"404": 3}  # NOT_FOUND, counted as its HTTP counterpart
+    served = server.metrics.registry.get_sample_value(
+        "kilowatt_serve_requests_total", {"model": "m", "version": "1", "status": "200"}
+    )
+    assert served == 30

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from kilowatt.bench.loadgen import (
     LoadSpec,
+    _http_request,
     _parse_head,
-    _prepare,
     default_body,
     render_table,
     summarize,
@@ -45,7 +46,7 @@ def test_response_head_parsing() -> None:
 
 def test_prepared_request_carries_path_host_and_length() -> None:
     spec = LoadSpec(url="http://127.0.0.1:9000/v2/models/m/infer?x=1", body=b"{}")
-    host, port, request = _prepare(spec)
+    host, port, request = _http_request(spec)
     assert (host, port) == ("127.0.0.1", 9000)
     assert request.startswith(b"POST /v2/models/m/infer?x=1 HTTP/1.1\r\nHost: 127.0.0.1:9000\r\n")
     assert request.endswith(b"Content-Length: 2\r\n\r\n{}")
@@ -58,7 +59,8 @@ def test_prepared_request_carries_path_host_and_length() -> None:
         ({"duration_s": 0}, "bound the run"),  # unbounded in time
         ({"max_requests": 0}, "bound the run"),  # unbounded in count
         ({"qps": 0}, "qps must be > 0"),  # no arrivals
-        ({"url": "https://x/predict"}, "must be http://host:port/path"),  # no TLS client
+        ({"url": "ftp://x/predict"}, "must be http"),  # a protocol it does not speak
+        ({"url": "grpc://127.0.0.1:1"}, "must name the model"),  # gRPC needs the model
     ],
 )
 def test_load_spec_rejects_unbounded_or_bad_runs(options: dict, message: str) -> None:
@@ -72,6 +74,17 @@ def test_default_body_matches_the_route() -> None:
     assert len(plain["inputs"]) == 4
     oip = json.loads(default_body("http://h:1/v2/models/m/infer", features=4))
     assert oip["inputs"][0]["shape"] == [1, 4] and oip["inputs"][0]["data"] == plain["inputs"]
+
+
+def test_default_grpc_body_is_a_model_infer_request_with_raw_contents() -> None:
+    from kilowatt.serve.grpc import grpc_predict_v2_pb2 as pb
+
+    request = pb.ModelInferRequest.FromString(default_body("grpc://h:1/mlp", features=4))
+    plain = json.loads(default_body("http://h:1/predict", features=4))
+    assert request.model_name == "mlp"
+    assert (request.inputs[0].datatype, list(request.inputs[0].shape)) == ("FP32", [1, 4])
+    values = np.frombuffer(request.raw_input_contents[0], dtype="<f4")
+    assert values.tolist() == pytest.approx(plain["inputs"])
 
 
 def test_table_shows_load_and_milliseconds() -> None:

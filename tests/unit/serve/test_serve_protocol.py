@@ -39,7 +39,7 @@ def test_bad_predict_bodies_say_what_is_wrong(body: bytes, message: str) -> None
 
 
 def test_oip_json_tensor_takes_any_input_name_and_reshapes() -> None:
-    request = decode_oip(_oip([1, 2, 3, 4], [2, 2], id="r1"), None, FP32)
+    request = decode_oip(_oip([1, 2, 3, 4], [2, 2], id="r1"), None)
     assert request.rows.tolist() == [[1.0, 2.0], [3.0, 4.0]]
     assert (request.request_id, request.binary_output) == ("r1", False)
 
@@ -59,7 +59,7 @@ def test_oip_binary_extension_round_trip() -> None:
             "parameters": {"binary_data_output": True},
         }
     )
-    request = decode_oip(header + values.tobytes(), len(header), FP32)
+    request = decode_oip(header + values.tobytes(), len(header))
     assert request.rows.tolist() == values.tolist() and request.binary_output
     body, json_length = encode_oip(request.rows * 2, "m", "1", None, binary=True)
     doc = orjson.loads(body[:json_length])
@@ -83,20 +83,23 @@ def test_oip_json_response() -> None:
     ("body", "message"),
     [
         (_oip([1, 2], [3]), r'"data" holds 2 values but shape \[3\] needs 3'),  # short data
-        (_oip([1], [1], datatype="FP8"), "'FP8' is not one of"),  # unknown datatype
+        (
+            _oip([1], [1], datatype="FP8"),
+            "'FP8' of input 'anything' is not one of",
+        ),  # unknown datatype
         (_oip([1], [-1]), "non-negative integers"),  # negative dimension
-        (b'{"inputs": []}', "exactly one tensor"),  # no tensor
+        (b'{"inputs": []}', "non-empty list of tensor objects"),  # no tensor
         (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32"}]}', 'has no "data"'),
     ],
 )
 def test_bad_oip_bodies_say_what_is_wrong(body: bytes, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
-        decode_oip(body, None, FP32)
+        decode_oip(body, None)
 
 
 def test_binary_header_length_outside_the_body_is_rejected() -> None:
     with pytest.raises(InvalidInput, match="outside the body of 2 bytes"):
-        decode_oip(b"{}", 10, FP32)
+        decode_oip(b"{}", 10)
 
 
 def test_predict_response_is_plain_lists() -> None:

@@ -38,6 +38,16 @@ def test_explicit_threads_win() -> None:
         ({"models": [MODEL], "batching": {"max_batch_size": 0}}, "max_batch_size"),  # no batch
         ({"models": [MODEL], "port": 70000}, "port"),  # not a TCP port
         ({"models": [{**MODEL, "format": "state_dict"}]}, "needs factory"),  # no factory
+        ({"models": [MODEL], "tls_cert": "c.pem"}, "needs both tls_cert and tls_key"),  # half TLS
+        ({"models": [MODEL], "workers": 2, "grpc_port": 0}, "share one gRPC port"),  # 0 twice
+        (
+            {"models": [{**MODEL, "inputs": [{"name": "a", "shape": [1]}] * 2}]},
+            "name each tensor once",
+        ),  # one input name twice
+        (
+            {"models": [{**MODEL, "input_shape": [2], "inputs": [{"name": "a", "shape": [1]}]}]},
+            "either input_shape or inputs",
+        ),  # two descriptions of the input
         ({"models": [MODEL], "cache": 1}, "unknown key"),  # misspelt cache_bytes
     ],
 )
