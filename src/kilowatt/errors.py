@@ -14,7 +14,8 @@ API maps each class to one HTTP status (``kilowatt.api``).
     ├── StoreError             the tracking store refused an operation
     │   ├── NotFound           a run, model, dataset, ... does not exist
     │   ├── Conflict           the operation clashes with existing state
-    │   └── AuditTampered      the audit hash chain does not verify
+    │   ├── AuditTampered      the audit hash chain does not verify
+    │   └── AuditKeyError      the audit chain's key is too short or its file too open
     ├── ServeError             a model cannot be loaded or a request cannot be served
     │   └── Overloaded         admission control refused a request
     ├── PermissionDenied       the caller's role does not allow the operation
@@ -24,6 +25,7 @@ API maps each class to one HTTP status (``kilowatt.api``).
 from __future__ import annotations
 
 __all__ = [
+    "AuditKeyError",
     "AuditTampered",
     "BackendError",
     "CatalogError",
@@ -84,6 +86,10 @@ class Conflict(StoreError):
 
 class AuditTampered(StoreError):
     """The audit log's hash chain does not verify; the message names the first bad event."""
+
+
+class AuditKeyError(StoreError):
+    """The audit chain's HMAC key is unusable (too short, or its file readable by others)."""
 
 
 class ServeError(KilowattError):

@@ -80,11 +80,16 @@ def schema_revision(engine: sa.Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-def migrate(engine: sa.Engine, revision: str = "head") -> str:
+def migrate(engine: sa.Engine, revision: str = "head", *, audit_key: bytes | None = None) -> str:
     """Upgrade the database to ``revision`` (default: this kilowatt's newest); return it.
+
+    Args:
+        audit_key: the audit chain's HMAC key, for the migration that keys an existing
+            chain; default ``load_audit_key`` for the environment's ``KILOWATT_HOME``.
 
     Raises:
         StoreError: the database was written by a newer kilowatt (an unknown revision).
+        AuditTampered: the unkeyed chain being keyed does not verify.
     """
     config = _alembic_config()
     script = ScriptDirectory.from_config(config)
@@ -100,6 +105,7 @@ def migrate(engine: sa.Engine, revision: str = "head") -> str:
                 sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK}
             )
         config.attributes["connection"] = connection
+        config.attributes["audit_key"] = audit_key
         command.upgrade(config, head)
     return head
 

@@ -8,13 +8,13 @@ before the stop, and that it never repeated a step before that checkpoint.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -180,7 +180,7 @@ def test_sigterm_checkpoints_exits_75_and_resumes_identically(
     assert process.returncode == EXIT_PREEMPTED == 75
     assert b"preempted: checkpointed; rerun with --resume auto" in output
     events = _events(tmp_path / "preempted-events.jsonl")
-    stopped_at = [e for e in events if e["event"] == "fit_end"][0]
+    stopped_at = next(e for e in events if e["event"] == "fit_end")
     assert stopped_at["preempted"] is True
     # SIGTERM writes a checkpoint of the very step it stopped at
     newest = _complete_checkpoints(tmp_path / "preempted")[-1]
