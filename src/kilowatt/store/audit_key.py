@@ -33,8 +33,8 @@ def load_audit_key(home: Path, env: Mapping[str, str] | None = None) -> bytes:
     """The audit HMAC key: ``KILOWATT_AUDIT_KEY``, else ``home/audit.key`` (made on first use).
 
     Raises:
-        AuditKeyError: the key is shorter than 32 characters, or its file is readable or
-            writable by anyone but its owner.
+        AuditKeyError: the key is shorter than 32 characters, its file is readable or
+            writable by anyone but its owner, or it cannot be created.
 
     >>> key = load_audit_key(Path("/tmp/kw"))  # doctest: +SKIP
     """
@@ -44,9 +44,15 @@ def load_audit_key(home: Path, env: Mapping[str, str] | None = None) -> bytes:
         return _checked(value.encode(), f"{AUDIT_KEY_ENV}")
     path = audit_key_path(home)
     try:
-        return _read_key_file(path)
-    except FileNotFoundError:
-        return _create_key_file(path)
+        try:
+            return _read_key_file(path)
+        except FileNotFoundError:
+            return _create_key_file(path)
+    except OSError as exc:
+        raise AuditKeyError(
+            f"cannot read or create the audit key file {path} ({exc.strerror}); set "
+            f"{AUDIT_KEY_ENV}, or make KILOWATT_HOME a folder kilowatt can write"
+        ) from None
 
 
 def _checked(key: bytes, where: str) -> bytes:

@@ -218,3 +218,12 @@ def test_actor_override_is_recorded(store: Store) -> None:
     store.as_actor("token:ci").create_run("audit")
     assert {e.actor for e in store.list_audit()} == {"token:ci"}
     assert store.check_audit() == 2
+
+
+def test_a_home_where_no_key_can_be_made_says_what_to_do(tmp_path: Path) -> None:
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("")
+    with pytest.raises(
+        AuditKeyError, match=r"cannot read or create the audit key file .*KILOWATT_AUDIT_KEY"
+    ):
+        load_audit_key(blocked / "home")
