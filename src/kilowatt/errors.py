@@ -15,6 +15,7 @@ API maps each class to one HTTP status (``kilowatt.api``).
     │   ├── NotFound           a run, model, dataset, ... does not exist
     │   ├── Conflict           the operation clashes with existing state
     │   ├── AuditTampered      the audit hash chain does not verify
+    │   ├── AuditKeyError      the audit chain's key is too short or its file too open
     │   └── BackupError        a backup cannot be written, read, verified or restored
     ├── ServeError             a model cannot be loaded or a request cannot be served
     │   └── Overloaded         admission control refused a request
@@ -25,6 +26,7 @@ API maps each class to one HTTP status (``kilowatt.api``).
 from __future__ import annotations
 
 __all__ = [
+    "AuditKeyError",
     "AuditTampered",
     "BackendError",
     "BackupError",
@@ -90,6 +92,10 @@ class AuditTampered(StoreError):
 
 class BackupError(StoreError):
     """A backup cannot be written, read, verified or restored; the message names the object."""
+
+
+class AuditKeyError(StoreError):
+    """The audit chain's HMAC key is unusable (too short, or its file readable by others)."""
 
 
 class ServeError(KilowattError):

@@ -22,22 +22,16 @@ from typing import Any
 
 import httpx
 import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import WebDriverWait
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = "/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else None
-if CHROMIUM is None or CHROMEDRIVER is None:
-    pytest.skip(
-        "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
-        allow_module_level=True,
-    )
-
-from selenium import webdriver  # noqa: E402  (only once the browser is known to exist)
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 WAIT_S = 60
@@ -52,31 +46,45 @@ constraints: {instances: [local-cpu]}
 
 
 def _train(name: str, lr: float) -> str:
-    """Train a 4-input linear regression for 60 steps; return the run id."""
+    """Train a 4-input linear regression for 60 steps; return the run id.
+
+    Its params hold a nested section (a training spec's ``backend``), its metrics FLOP/s
+    (values in the billions) and checkpoint stalls (milliseconds), and it is evaluated and
+    priced, so the dashboard has every kind of figure to show.
+    """
     import torch
     from torch import nn
     from torch.utils.data import TensorDataset
 
     import kilowatt
     from kilowatt.backends.recorder import StoreRecorder
+    from kilowatt.meter import Accountant
+    from kilowatt.spec import TrainSpec
 
     torch.manual_seed(0)
     inputs = torch.randn(256, 4)
     targets = inputs @ torch.tensor([[1.0], [2.0], [-1.0], [0.5]])
-    with kilowatt.start_run(project="e2e", name=name, params={"lr": lr}) as run:
+    spec = TrainSpec(name=name, model="m:f", dataset="m:d", loss="m:l", checkpoint={"url": "/x"})
+    backend = spec.model_dump(mode="json")["backend"]
+    params = {"lr": lr, "backend": backend}
+    with kilowatt.start_run(project="e2e", name=name, params=params) as run:
         model = nn.Linear(4, 1)
         trainer = kilowatt.Trainer(
             model,
             torch.optim.SGD(model.parameters(), lr=lr),
             train_data=TensorDataset(inputs, targets),
+            eval_data=TensorDataset(inputs[:64], targets[:64]),
             loss_fn=nn.functional.mse_loss,
             callbacks=[StoreRecorder(run.id)],
+            accountant=Accountant(price_usd_per_hour=3.0, grid_intensity_gco2e_per_kwh=400.0),
             name=name,
             steps=60,
             batch_size=16,
             log_every=5,
+            eval_every=20,
             device="cpu",
-            checkpoint={"every": "1000", "keep_last": 1},
+            model_flops_per_sample=2.4e8,  # as if a far bigger model: FLOP/s in the billions
+            checkpoint={"every": "10", "keep_last": 1, "asynchronous": False},
         )
         trainer.fit()
         weights = Path(tempfile.mkdtemp()) / "model.pt"
@@ -127,6 +135,10 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        pytest.skip(
+            "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM or ""
     for flag in (
@@ -184,12 +196,76 @@ def test_dashboard_shows_runs_charts_and_comparison(browser: Any, dashboard_url:
     _check_registry(browser, dashboard_url)
 
 
-def _check_dashboard(driver: Any, url: str, fast: str, slow: str) -> None:
-    driver.get(url + "/")
-    _wait_page(driver, "runs")
+# The y-axis tick labels each chart drew (uPlot keeps them on its axis), how wide each is in
+# the axis font, and the room the axis leaves them inside the canvas.
+_TICKS_SCRIPT = """
+    const out = [];
+    for (const box of document.querySelectorAll(arguments[0] + " .chart")) {
+      const plot = box.uplot;
+      if (!plot) { out.push({metric: box.dataset.metric, labels: null}); continue; }
+      const axis = plot.axes[1];
+      plot.ctx.font = axis.font[0];
+      const labels = (axis._values || []).map(String);
+      const widths = labels.map((l) => plot.ctx.measureText(l).width / devicePixelRatio);
+      out.push({metric: box.dataset.metric, labels, widest: Math.max(...widths),
+                room: axis._size - axis.ticks.size - axis.gap});
+    }
+    return out;
+"""
+
+
+def _assert_ticks_readable(driver: Any, selector: str) -> dict[str, list[str]]:
+    """Every chart's y ticks are distinct and drawn whole inside the canvas."""
+    charts = driver.execute_script(_TICKS_SCRIPT, selector)
+    assert charts, f"no charts under {selector}"
+    for chart in charts:
+        labels = chart["labels"]
+        assert labels and len(labels) >= 2, chart
+        assert len(set(labels)) == len(labels), f"{chart['metric']}: repeated ticks {labels}"
+        assert chart["widest"] <= chart["room"], f"{chart['metric']}: {labels} cut off"
+    return {chart["metric"]: chart["labels"] for chart in charts}
+
+
+def _assert_fits_the_viewport(driver: Any, table: str) -> None:
+    """No cell of ``table`` is wider than the window, and the page does not scroll sideways."""
+    sizes = driver.execute_script(
+        """
+        const cells = [...document.querySelectorAll(arguments[0] + " td")];
+        return {viewport: document.documentElement.clientWidth,
+                page: document.documentElement.scrollWidth,
+                table: document.querySelector(arguments[0]).getBoundingClientRect().right,
+                cells: cells.map((c) => [c.getBoundingClientRect().width,
+                                         c.textContent.slice(0, 60)])};
+        """,
+        table,
+    )
+    too_wide = [text for width, text in sizes["cells"] if width > sizes["viewport"]]
+    assert too_wide == [], f"cells wider than the {sizes['viewport']} px window: {too_wide}"
+    assert sizes["table"] <= sizes["viewport"] and sizes["page"] <= sizes["viewport"], sizes
+
+
+def _check_runs_table(driver: Any, fast: str, slow: str) -> None:
     rows = driver.find_elements(By.CSS_SELECTOR, "#runs-table tbody tr[data-run-id]")
     assert sorted(row.get_attribute("data-run-id") for row in rows) == sorted([fast, slow])
     assert driver.find_element(By.ID, "run-count").text == "2"
+    assert driver.find_element(By.ID, "eval-column").text == "eval_loss"
+    for row in rows:  # the figures runs are compared by, each filled in
+        for figure in ("loss", "eval", "energy", "cost", "carbon", "throughput"):
+            cell = row.find_element(By.CSS_SELECTOR, f'td[data-figure="{figure}"]').text
+            assert cell and cell != "–", (figure, cell)
+        summary = row.find_element(By.CSS_SELECTOR, "details.nested summary").text
+        assert summary.startswith("backend: ") and "{" not in summary, summary
+    _assert_fits_the_viewport(driver, "#runs-table")
+    rows[0].find_element(By.CSS_SELECTOR, "details.nested summary").click()  # the whole value
+    whole = rows[0].find_element(By.CSS_SELECTOR, "details.nested pre").text
+    assert '"max_attempts"' in whole and '"ray"' in whole
+    _assert_fits_the_viewport(driver, "#runs-table")
+
+
+def _check_dashboard(driver: Any, url: str, fast: str, slow: str) -> None:
+    driver.get(url + "/")
+    _wait_page(driver, "runs")
+    _check_runs_table(driver, fast, slow)
     _shot(driver, "01-runs")
 
     driver.find_element(By.LINK_TEXT, "lr-0.05").click()
@@ -205,7 +281,19 @@ def _check_dashboard(driver: Any, url: str, fast: str, slow: str) -> None:
     assert driver.find_element(By.CSS_SELECTOR, '.card[data-key="energy"] .value').text.endswith(
         "J"
     )
-    assert driver.find_element(By.ID, "params").text == "lr 0.05"
+    eval_card = driver.find_element(By.CSS_SELECTOR, '.card[data-key="eval"]')
+    assert eval_card.find_element(By.CSS_SELECTOR, ".label").text == "eval_loss"
+    float(eval_card.find_element(By.CSS_SELECTOR, ".value").text)  # a number, beside energy
+    ticks = _assert_ticks_readable(driver, "#system-charts")
+    assert {"flops_per_s", "checkpoint_stall_s"} <= set(ticks)
+    assert any(label[-1] in "GT" for label in ticks["flops_per_s"]), ticks["flops_per_s"]
+    _assert_ticks_readable(driver, "#metric-charts")
+    params = {
+        row.find_element(By.CSS_SELECTOR, "td").text: row.find_elements(By.CSS_SELECTOR, "td")[1]
+        for row in driver.find_elements(By.CSS_SELECTOR, "#params tr")
+    }
+    assert params.keys() == {"lr", "backend"} and params["lr"].text == "0.05"
+    assert '"max_attempts": ' in params["backend"].find_element(By.TAG_NAME, "pre").text
     assert "model.pt" in driver.find_element(By.ID, "artifacts").text
     lineage = driver.find_element(By.ID, "lineage").text
     assert "dataset: synthetic-regression" in lineage and "model_version: regressor" in lineage
@@ -221,6 +309,13 @@ def _check_dashboard(driver: Any, url: str, fast: str, slow: str) -> None:
     assert "lr-0.05" in loss.text and "lr-0.01" in loss.text  # the legend names both runs
     assert _coloured_pixels(driver, "#compare-charts", TEAL) > 100
     assert _coloured_pixels(driver, "#compare-charts", ORANGE) > 100  # the second run's curve
+    _assert_ticks_readable(driver, "#compare-charts")
+    # ticks of a small range (checkpoint stalls) and of a huge one (FLOP/s), as drawn
+    assert driver.execute_async_script(
+        """const done = arguments[arguments.length - 1];
+        import("/static/format.js").then((f) => done([
+          f.siTicks([0.001, 0.0011, 0.0012, 0.0013]), f.siTicks([0, 5e9, 1e10, 1.5e10])]));"""
+    ) == [["1.0m", "1.1m", "1.2m", "1.3m"], ["0", "5G", "10G", "15G"]]
     _shot(driver, "03-compare")
 
     driver.get(url + "/#/plan")

@@ -25,10 +25,7 @@ def acting_store(request: Request, principal: Principal) -> Any:
 def audit(request: Request, principal: Principal, action: str, target: str, **details: Any) -> None:
     """Append an audit event for a write the store does not audit itself (metric points,
     artifact uploads), so every mutating API call names its actor in the log."""
-    from kilowatt.store.audit import append_event
-
-    with store_of(request).engine.begin() as connection:
-        append_event(connection, principal.actor, action, target, details)
+    acting_store(request, principal).record_audit(action, target, **details)
 
 
 def parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:

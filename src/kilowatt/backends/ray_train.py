@@ -104,6 +104,10 @@ def run_torch_trainer(
             "KILOWATT_STORE_URL": settings.store_url,
             "KILOWATT_ARTIFACTS_URL": settings.artifacts_url,
             "KILOWATT_USER": settings.user,
+            # the witness only; the audit key never travels in a Ray config (every node
+            # reads its own KILOWATT_AUDIT_KEY or key file)
+            "KILOWATT_AUDIT_WITNESS_URL": settings.audit_witness_url or "",
+            "KILOWATT_AUDIT_WITNESS_EVERY": str(settings.audit_witness_every),
         },
         "callbacks": list(callbacks),
         "prices": dict(accountant.__dict__) if accountant is not None else None,

@@ -83,8 +83,34 @@ def audit_list(
 
 
 @audit_app.command("verify")
-def audit_verify() -> None:
-    """Recompute the hash chain; exit 1 naming the first edited, deleted or moved event."""
+def audit_verify(
+    witness: str | None = typer.Option(
+        None,
+        help="Check against the heads exported to this folder or fsspec URL too "
+        "(default: KILOWATT_AUDIT_WITNESS_URL, if set).",
+    ),
+) -> None:
+    """Recompute the HMAC chain; exit 1 naming the first edited, deleted or moved event."""
+    from kilowatt.errors import AuditTampered
+
     with open_cli_store() as store:
-        count = store.check_audit()
-    typer.echo(f"audit log OK: {count} events, hash chain intact")
+        report = store.verify_audit(witness)
+    if not report.ok:
+        raise AuditTampered(f"audit event {report.first_bad_seq}: {report.reason}")
+    checked = f", {report.witnessed} witnessed heads match" if report.witnessed else ""
+    typer.echo(f"audit log OK: {report.events} events, HMAC chain intact{checked}")
+
+
+@audit_app.command("export-head")
+def audit_export_head(
+    witness: str | None = typer.Option(
+        None, help="Folder or fsspec URL (default: KILOWATT_AUDIT_WITNESS_URL)."
+    ),
+) -> None:
+    """Export the audit chain's current head to the witness now (e.g. before a backup)."""
+    with open_cli_store() as store:
+        head = store.export_audit_head(witness)
+    if head is None:
+        typer.echo("the audit log is empty; nothing to export")
+    else:
+        typer.echo(f"exported audit head: event {head.seq} {head.hash}")

@@ -7,7 +7,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+from kilowatt.errors import SpecError
 
 __all__ = ["Settings"]
 
@@ -28,11 +30,14 @@ class Settings(BaseModel):
     store_url: str
     artifacts_url: str
     user: str
+    audit_witness_url: str | None = None
+    audit_witness_every: int = Field(default=100, ge=1)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read ``KILOWATT_HOME``, ``KILOWATT_STORE_URL``, ``KILOWATT_ARTIFACTS_URL``,
-        ``KILOWATT_USER`` (defaults: ``~/.kilowatt``, SQLite and a folder inside it, the OS user).
+        ``KILOWATT_USER`` (defaults: ``~/.kilowatt``, SQLite and a folder inside it, the OS user),
+        ``KILOWATT_AUDIT_WITNESS_URL`` and ``KILOWATT_AUDIT_WITNESS_EVERY`` (default 100).
         """
         env = os.environ if env is None else env
         home = Path(env.get("KILOWATT_HOME") or Path.home() / ".kilowatt").expanduser()
@@ -41,12 +46,27 @@ class Settings(BaseModel):
             store_url=env.get("KILOWATT_STORE_URL") or f"sqlite:///{home / 'kilowatt.db'}",
             artifacts_url=env.get("KILOWATT_ARTIFACTS_URL") or str(home / "artifacts"),
             user=env.get("KILOWATT_USER") or _os_user(),
+            audit_witness_url=env.get("KILOWATT_AUDIT_WITNESS_URL") or None,
+            audit_witness_every=_positive_int(env, "KILOWATT_AUDIT_WITNESS_EVERY", 100),
         )
 
     @property
     def catalog_dir(self) -> Path:
         """User catalog files that add to or override the built-in catalog."""
         return self.home / "catalog"
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise SpecError(f"{name}={raw!r} is not a positive whole number; e.g. {name}={default}")
+    return value
 
 
 def _os_user() -> str:

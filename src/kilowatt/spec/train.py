@@ -128,6 +128,8 @@ class TrainOptions(Spec):
         model_flops_per_sample: training FLOPs per sample (forward + backward), for FLOP/s.
         peak_flops: the devices' peak FLOP/s for MFU (all workers together).
         progress: show a progress bar on rank 0.
+        event_log: append every event (start with its ``start_step``, steps, evaluations,
+            checkpoints, end) as JSON lines to this local file, from rank 0.
     """
 
     steps: int = Field(default=100, ge=1)
@@ -149,6 +151,7 @@ class TrainOptions(Spec):
     model_flops_per_sample: float | None = Field(default=None, gt=0)
     peak_flops: float | None = Field(default=None, gt=0)
     progress: bool = True
+    event_log: str | None = None
 
 
 class TrainSpec(TrainOptions):

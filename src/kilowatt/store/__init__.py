@@ -11,6 +11,8 @@ SQLite in ``KILOWATT_HOME`` by default (WAL mode), any SQLAlchemy URL via
     >>> kilowatt.lineage(version)  # doctest: +SKIP
 """
 
+from kilowatt.store.audit_key import load_audit_key
+from kilowatt.store.audit_witness import AuditWitness, WitnessedHead
 from kilowatt.store.records import (
     Artifact,
     AuditEvent,
@@ -34,6 +36,7 @@ __all__ = [
     "ActiveRun",
     "Artifact",
     "AuditEvent",
+    "AuditWitness",
     "Dataset",
     "Deployment",
     "Job",
@@ -47,7 +50,9 @@ __all__ = [
     "Store",
     "TokenInfo",
     "VerifyReport",
+    "WitnessedHead",
     "lineage",
+    "load_audit_key",
     "open_store",
     "register_model",
     "start_run",

@@ -9,7 +9,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from kilowatt.store.audit import append_event
+from kilowatt.store.audit import APPENDED_KEY, append_event
+from kilowatt.store.audit_witness import AuditWitness, WitnessedHead
 
 __all__ = ["StoreBase", "dumps", "loads"]
 
@@ -25,12 +26,23 @@ def loads(text: str | None) -> Any:
 
 
 class StoreBase:
-    """The engine, the artifact location and the acting user, shared by every concept."""
+    """The engine, the artifact location, the acting user and the audit chain's key and
+    witness, shared by every concept."""
 
-    def __init__(self, engine: sa.Engine, *, artifacts_url: str, actor: str) -> None:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        artifacts_url: str,
+        actor: str,
+        audit_key: bytes,
+        witness: AuditWitness | None = None,
+    ) -> None:
         self._engine = engine
         self._artifacts_url = artifacts_url
         self._actor = actor
+        self._audit_key = audit_key
+        self._witness = witness
 
     @property
     def actor(self) -> str:
@@ -49,9 +61,27 @@ class StoreBase:
 
     @contextmanager
     def _write(self) -> Iterator[sa.Connection]:
-        """One transaction: committed on success, rolled back on any error."""
+        """One transaction: committed on success, rolled back on any error.
+
+        Audit heads it appended go to the witness only after the commit, so the witness
+        never records an event the database does not have.
+        """
+        appended: list[WitnessedHead] = []
         with self._engine.begin() as connection:
-            yield connection
+            connection.info[APPENDED_KEY] = appended
+            try:
+                yield connection
+            finally:
+                # info lives on the pooled DBAPI connection: never leave the list behind
+                connection.info.pop(APPENDED_KEY, None)
+        if self._witness is not None:
+            self._witness.export_committed(appended)
 
     def _audit(self, connection: sa.Connection, action: str, target: str, **details: Any) -> int:
-        return append_event(connection, self._actor, action, target, details)
+        return append_event(connection, self._audit_key, self._actor, action, target, details)
+
+    def record_audit(self, action: str, target: str, **details: Any) -> int:
+        """Append an audit event by itself (for writes recorded elsewhere, e.g. an API
+        upload); return its sequence number."""
+        with self._write() as connection:
+            return self._audit(connection, action, target, **details)

@@ -17,7 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 import kilowatt
-from kilowatt.errors import StoreError
+from kilowatt.errors import SpecError, StoreError
 
 __all__ = ["SQLITE_BUSY_TIMEOUT_S", "create_store_engine", "migrate", "schema_revision"]
 
@@ -36,8 +36,14 @@ def create_store_engine(url: str) -> sa.Engine:
             f"store URL {url!r} is not a SQLAlchemy URL; use e.g. sqlite:///path/kilowatt.db "
             "or postgresql+psycopg://user@host/db"
         ) from None
-    if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(parsed, pool_pre_ping=True)
+    engine = _sqlite_engine(parsed) if parsed.get_backend_name() == "sqlite" else None
+    if engine is None:
+        engine = sa.create_engine(parsed, pool_pre_ping=True)
+    sa.event.listen(engine, "before_cursor_execute", _refuse_nul_text)
+    return engine
+
+
+def _sqlite_engine(parsed: sa.URL) -> sa.Engine:
     connect_args: dict[str, Any] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
     if parsed.database in (None, "", ":memory:"):
         # one shared connection, or each thread (the metric flusher) would see its own
@@ -50,6 +56,31 @@ def create_store_engine(url: str) -> sa.Engine:
     sa.event.listen(engine, "connect", _sqlite_on_connect)
     sa.event.listen(engine, "begin", _sqlite_on_begin)
     return engine
+
+
+def _refuse_nul_text(
+    _connection: Any, _cursor: Any, _statement: str, parameters: Any, *_: Any
+) -> None:
+    """PostgreSQL cannot hold a NUL character in text (SQLite would): refuse it on both,
+    naming the value, before the database answers with an internal error."""
+    bad = _first_nul_text(parameters)
+    if bad is not None:
+        raise SpecError(
+            f"text {bad[:80]!r} contains a NUL character (\\x00), which the store cannot "
+            "hold; remove it"
+        )
+
+
+def _first_nul_text(parameters: Any) -> str | None:
+    if isinstance(parameters, str):
+        return parameters if "\x00" in parameters else None
+    values = parameters.values() if isinstance(parameters, dict) else parameters
+    if isinstance(values, list | tuple) or isinstance(parameters, dict):
+        for value in values:
+            found = _first_nul_text(value)
+            if found is not None:
+                return found
+    return None
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -80,11 +111,16 @@ def schema_revision(engine: sa.Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-def migrate(engine: sa.Engine, revision: str = "head") -> str:
+def migrate(engine: sa.Engine, revision: str = "head", *, audit_key: bytes | None = None) -> str:
     """Upgrade the database to ``revision`` (default: this kilowatt's newest); return it.
+
+    Args:
+        audit_key: the audit chain's HMAC key, for the migration that keys an existing
+            chain; default ``load_audit_key`` for the environment's ``KILOWATT_HOME``.
 
     Raises:
         StoreError: the database was written by a newer kilowatt (an unknown revision).
+        AuditTampered: the unkeyed chain being keyed does not verify.
     """
     config = _alembic_config()
     script = ScriptDirectory.from_config(config)
@@ -100,6 +136,7 @@ def migrate(engine: sa.Engine, revision: str = "head") -> str:
                 sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK}
             )
         config.attributes["connection"] = connection
+        config.attributes["audit_key"] = audit_key
         command.upgrade(config, head)
     return head
 

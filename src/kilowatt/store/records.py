@@ -208,6 +208,7 @@ class VerifyReport:
     events: int
     first_bad_seq: int | None = None
     reason: str | None = None
+    witnessed: int = 0  # exported heads checked against the chain (0: no witness)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ from kilowatt.spec.settings import Settings
 from kilowatt.store._engine import create_store_engine, migrate
 from kilowatt.store.artifacts import ArtifactsMixin
 from kilowatt.store.audit import AuditMixin
+from kilowatt.store.audit_key import load_audit_key
+from kilowatt.store.audit_witness import AuditWitness
 from kilowatt.store.datasets import DatasetsMixin
 from kilowatt.store.jobs import JobsMixin
 from kilowatt.store.metrics import MetricsMixin
@@ -39,7 +41,13 @@ class Store(
 
     def as_actor(self, actor: str) -> Store:
         """The same store, auditing operations as ``actor`` (e.g. an API token's name)."""
-        return Store(self._engine, artifacts_url=self._artifacts_url, actor=actor)
+        return Store(
+            self._engine,
+            artifacts_url=self._artifacts_url,
+            actor=actor,
+            audit_key=self._audit_key,
+            witness=self._witness,
+        )
 
     @property
     def engine(self) -> sa.Engine:
@@ -77,16 +85,25 @@ def open_store(
         artifacts_url: an fsspec URL overriding ``settings.artifacts_url``.
         actor: who the audit log names; default ``settings.user``.
 
+    The audit chain's HMAC key is read (or on first use created) as
+    ``kilowatt.store.audit_key.load_audit_key`` describes, and the head is exported to
+    ``settings.audit_witness_url`` every ``settings.audit_witness_every`` events.
+
     Raises:
         StoreError: the database was written by a newer kilowatt, or the URL is invalid.
+        AuditKeyError: the audit key is too short or its file readable by others.
 
     >>> store = open_store()  # doctest: +SKIP
     >>> [run.name for run in store.list_runs("demo")]  # doctest: +SKIP
     """
     settings = settings or Settings.from_env()
+    audit_key = load_audit_key(settings.home)
+    witness = None
+    if settings.audit_witness_url:
+        witness = AuditWitness(settings.audit_witness_url, settings.audit_witness_every)
     engine = create_store_engine(url or settings.store_url)
     try:
-        migrate(engine)
+        migrate(engine, audit_key=audit_key)
     except BaseException:
         engine.dispose()
         raise
@@ -94,4 +111,6 @@ def open_store(
         engine,
         artifacts_url=artifacts_url or settings.artifacts_url,
         actor=actor or settings.user,
+        audit_key=audit_key,
+        witness=witness,
     )

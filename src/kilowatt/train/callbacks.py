@@ -1,4 +1,4 @@
-"""Events the trainer emits, the callback contract, and the built-in progress bar.
+"""Events the trainer emits, the callback contract, the progress bar and the event log.
 
 The trainer knows nothing about where events go: a composer (the CLI, a backend) passes
 callbacks, e.g. the store-backed recorder in ``kilowatt.backends.recorder``. Callbacks run
@@ -7,9 +7,13 @@ on rank 0 only; one that raises is logged and skipped, never allowed to kill tra
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from kilowatt.meter import Account, Measurement
@@ -19,6 +23,7 @@ __all__ = [
     "CallbackRunner",
     "CheckpointEvent",
     "EvalEvent",
+    "EventLog",
     "FitResult",
     "FitStart",
     "ProgressCallback",
@@ -240,3 +245,41 @@ class ProgressCallback(Callback):
             self._progress.update(self._task, completed=result.steps)
             self._progress.stop()
             self._progress = None
+
+
+class EventLog(Callback):
+    """Appends every event to a file as one JSON line (``{"event": "step", "step": 40, ...}``).
+
+    Each line carries the writing process's id and the wall time, so a log that spans a kill
+    and a resume shows which process ran which steps and where the resumed one started
+    (the ``fit_start`` line's ``start_step``). A line is written with one ``write`` and
+    flushed at once, so a killed process leaves every event before the kill on disk.
+
+        >>> Trainer(..., options=TrainOptions(event_log="events.jsonl"))  # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _append(self, kind: str, fields_: dict[str, Any]) -> None:
+        line = json.dumps({"event": kind, "pid": os.getpid(), "time": time.time(), **fields_})
+        with self.path.open("a", encoding="utf-8") as log:
+            log.write(line + "\n")
+
+    def on_fit_start(self, event: FitStart) -> None:
+        self._append("fit_start", asdict(event))
+
+    def on_step(self, event: StepEvent) -> None:
+        self._append("step", asdict(event))
+
+    def on_eval(self, event: EvalEvent) -> None:
+        self._append("eval", asdict(event))
+
+    def on_checkpoint(self, event: CheckpointEvent) -> None:
+        self._append("checkpoint", asdict(event))
+
+    def on_fit_end(self, result: FitResult) -> None:
+        outcome = {"steps": result.steps, "start_step": result.start_step}
+        outcome.update(preempted=result.preempted, stopped_early=result.stopped_early)
+        self._append("fit_end", {**outcome, "metrics": result.metrics()})

@@ -20,6 +20,7 @@ from kilowatt.train.callbacks import (
     CallbackRunner,
     CheckpointEvent,
     EvalEvent,
+    EventLog,
     FitResult,
     FitStart,
     ProgressCallback,
@@ -103,6 +104,8 @@ class Loop:
         callbacks = list(self.t.callbacks)
         if self.o.progress:
             callbacks.insert(0, ProgressCallback())
+        if self.o.event_log:
+            callbacks.append(EventLog(self.o.event_log))
         return callbacks
 
     # --- set-up

@@ -2,14 +2,21 @@
 
 The table must list every route the app has, so a new route cannot ship without a
 decision about who may call it. Calls go to ids that do not exist: an admitted caller gets
-404 or 422 (past the gate), a refused one gets 403, a caller without a token 401.
+404 or 422 (past the gate), a refused one gets 403, a caller without a token 401; a 5xx
+for anyone is a failure. The routes outside the OpenAPI document (the dashboard page, the
+API explorer, the OpenAPI document itself and every static file) are public and checked
+the same way.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from api_live import LiveApi
+from starlette.routing import Mount, Route
 
+import kilowatt.api
 from kilowatt.store import Store
 
 V, OP, A = "viewer", "operator", "admin"
@@ -58,6 +65,13 @@ ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/metrics", V),
 ]
 PUBLIC = {("GET", "/api/v1/health")}
+# Routes the OpenAPI document leaves out; every caller gets them (the dashboard asks for a
+# token itself, in the page, before calling the API).
+PAGES = {"/", "/docs", "/openapi.json"}
+STATIC_DIR = Path(kilowatt.api.__file__).parent / "ui" / "static"
+STATIC_FILES = sorted(
+    f"/static/{p.relative_to(STATIC_DIR).as_posix()}" for p in STATIC_DIR.rglob("*") if p.is_file()
+)
 
 # Path values that name nothing in the store.
 MISSING = {
@@ -96,6 +110,8 @@ def _expected(role: str | None, lowest: str) -> str:
 
 
 def _outcome(status: int) -> str:
+    if status >= 500:
+        return f"server error {status}"
     return str(status) if status in (401, 403) else "admitted"
 
 
@@ -121,3 +137,30 @@ def test_a_refusal_names_the_role_needed(live_api: LiveApi, role_tokens: dict[st
         "token:r-operator has role operator; this needs admin or above "
         "(ask an admin for a token with that role)"
     )
+
+
+def test_the_routes_outside_the_openapi_document_are_the_listed_ones(live_api: LiveApi) -> None:
+    hidden = {
+        route.path
+        for route in live_api.app.routes
+        if isinstance(route, Route) and not route.include_in_schema
+    }
+    mounts = {route.path for route in live_api.app.routes if isinstance(route, Mount)}
+    assert (hidden, mounts) == (PAGES, {"/static"})
+    assert len(STATIC_FILES) >= 10 and "/static/app.js" in STATIC_FILES
+
+
+def test_pages_and_static_files_answer_every_caller(
+    live_api: LiveApi, role_tokens: dict[str, str]
+) -> None:
+    callers: dict[str | None, str | None] = {None: None, **role_tokens}
+    seen, expected = {}, {}
+    for role, token in callers.items():
+        with live_api.client(token) as client:
+            for path in [*sorted(PAGES), *STATIC_FILES]:
+                seen[(path, role)] = client.get(path).status_code
+                expected[(path, role)] = 200
+            for missing in ("/static/nope.js", "/static/../app.py", "/nope"):
+                seen[(missing, role)] = client.get(missing).status_code
+                expected[(missing, role)] = 404
+    assert seen == expected

@@ -193,3 +193,14 @@ def test_chunked_upload_past_the_limit_is_refused(live_api: LiveApi, store: Stor
         )
     assert response.status_code == 413
     assert store.list_artifacts(run.id) == []
+
+
+def test_a_nul_character_in_input_is_a_422_naming_it(live_api: LiveApi, store: Store) -> None:
+    with live_api.client() as client:
+        created = client.post("/api/v1/runs", json={"project": "a\x00b"})
+        listed = client.get("/api/v1/runs", params={"tag": "team=\x00"})
+        audit = client.get("/api/v1/audit", params={"actor": "\x00"})
+    for response in (created, listed, audit):
+        assert response.status_code == 422, response.text
+        assert "contains a NUL character" in response.json()["detail"]
+    assert store.list_runs() == []

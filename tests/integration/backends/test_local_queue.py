@@ -21,6 +21,9 @@ from kilowatt.store import Store, open_store
 from kilowatt.units import carbon_gco2e
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the entry points and helpers next to this file
+
+from event_log import attempts  # noqa: E402
 
 
 @pytest.fixture
@@ -147,7 +150,8 @@ def test_missing_program_fails_the_job_with_the_reason(store: Store, tmp_path: P
 
 
 @pytest.mark.slow
-def test_crashed_training_job_resumes_from_its_checkpoint(store: Store) -> None:
+def test_crashed_training_job_resumes_from_its_checkpoint(store: Store, tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
     spec = {
         "name": "crashy",
         "project": "queue",
@@ -157,6 +161,7 @@ def test_crashed_training_job_resumes_from_its_checkpoint(store: Store) -> None:
         "steps": 10,
         "batch_size": 8,
         "log_every": 1,
+        "event_log": str(events),
         "device": "cpu",
         "price_usd_per_hour": 36.0,
         "checkpoint": {"every": "3", "asynchronous": False, "keep_last": 5},
@@ -166,12 +171,14 @@ def test_crashed_training_job_resumes_from_its_checkpoint(store: Store) -> None:
     catalog = load_catalog()
     _worker(store, catalog=catalog, cpu_threads=1).run(until_idle=True)
     job = store.get_job(job_id)
-    assert (job.status, job.attempts, job.exit_code) == ("succeeded", 2, 0)
+    assert (job.status, job.attempts, job.exit_code) == ("succeeded", 2, 0), job.error
     run = store.get_run(job.run_id)
     # the second attempt started at the newest checkpoint before the crash (step 6)
     assert run.tags["start_step"] == "6"
     second = store.open_artifact(job.run_id, "logs/attempt-2.log").read().decode()
     assert "trained steps 6..10" in second
+    # the first attempt died in step 8; the second ran 7..10 once each, and nothing before 6
+    assert attempts(events) == [(0, [1, 2, 3, 4, 5, 6, 7]), (6, [7, 8, 9, 10])]
 
     # usage is the sum over both attempts, priced by the spec's price and the region's grid
     region = catalog.region("local")
@@ -207,7 +214,7 @@ def _reference(spec: dict[str, object]) -> dict[str, list[float]]:
         sys.path.insert(0, str(HERE))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the queued job ran (cpu_threads=1)
-    options = {k: v for k, v in spec.items() if k != "backend"}
+    options = {k: v for k, v in spec.items() if k not in ("backend", "event_log")}
     reference = TrainSpec.model_validate(options)
     folder = Path(os.environ["KILOWATT_HOME"]) / "reference"
     checkpoint = {"url": str(folder), "every": "3", "asynchronous": False}

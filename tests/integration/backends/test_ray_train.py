@@ -19,6 +19,7 @@ ray = pytest.importorskip("ray")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the entry points and helpers next to this file
 
+from event_log import attempts  # noqa: E402
 from ray_helpers import final_weights, local_weights, train_spec  # noqa: E402
 
 
@@ -65,12 +66,19 @@ def test_killed_worker_resumes_from_checkpoint_with_the_same_weights(
         tmp_path / "ckpt",
         training_step="backends_ray_jobs:killing_training_step",
         backend={"kind": "ray", "ray": {"max_failures": 1}},
+        event_log=str(tmp_path / "events.jsonl"),
     )
     result = RayBackend(Settings.from_env()).train(spec, workdir=str(HERE))
     home = Settings.from_env().home
     assert (home / "killed-once").is_file()  # a worker really was killed
     # the restarted group resumed from the step-3 checkpoint, not from scratch
     assert (result.start_step, result.steps) == (3, 10)
+    # rank 0's log: the first group stopped within step 5 (rank 1 died in it); the restarted
+    # group ran 4..10 once each and nothing before its checkpoint
+    (first_start, first_steps), (second_start, second_steps) = attempts(tmp_path / "events.jsonl")
+    assert (first_start, second_start) == (0, 3)
+    assert first_steps == list(range(1, len(first_steps) + 1)) and 3 <= len(first_steps) <= 5
+    assert second_steps == list(range(4, 11))
     assert final_weights(tmp_path / "ckpt") == pytest.approx(reference)
 
 

@@ -15,7 +15,7 @@ from kilowatt.store._engine import create_store_engine, migrate, schema_revision
 
 def test_open_creates_the_schema_and_reopening_keeps_data(store_url: str, tmp_path: Path) -> None:
     with open_store(url=store_url, artifacts_url=str(tmp_path / "a")) as store:
-        assert schema_revision(store.engine) == "0003"
+        assert schema_revision(store.engine) == "0004"
         run = store.create_run("keep")
     with open_store(url=store_url, artifacts_url=str(tmp_path / "a")) as store:
         assert store.get_run(run.id).project == "keep"
@@ -63,7 +63,7 @@ def test_points_logged_before_metric_chunks_survive_the_upgrade(store_url: str) 
         engine.dispose()
     with open_store(url=store_url) as store:
         history = store.metric_history("r1", "loss")
-        assert schema_revision(store.engine) == "0003"
+        assert schema_revision(store.engine) == "0004"
     assert history.step.tolist() == [0, 0, 1]
     assert history.time.tolist() == [10.5, 10.0, 11.0]  # step 0: writer v, then w
     assert history.value[0] == 2.0 and math.isnan(history.value[1]) and history.value[2] == 0.5
@@ -108,3 +108,57 @@ def test_jobs_queued_before_job_windows_stay_rigid_after_the_upgrade(store_url: 
         (job,) = store.list_jobs()
         assert (job.name, job.flexible, job.not_before, job.deadline) == ("old", False, None, None)
         assert store.claim_next_job("w", now=0.0) is not None  # rigid: due at once
+
+
+def _downgrade(store_url: str, revision: str) -> None:
+    from alembic import command
+
+    from kilowatt.store._engine import _alembic_config
+
+    engine = create_store_engine(store_url)
+    try:
+        config = _alembic_config()
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, revision)
+    finally:
+        engine.dispose()
+
+
+def test_an_unkeyed_audit_chain_is_keyed_on_upgrade(store_url: str, tmp_path: Path) -> None:
+    from kilowatt.store.audit import unkeyed_event_hash
+
+    with open_store(url=store_url, artifacts_url=str(tmp_path / "a")) as store:
+        store.create_run("legacy")
+        store.create_token("ci", "viewer")
+    _downgrade(store_url, "0003")  # the chain as kilowatt before 0004 wrote it
+    engine = create_store_engine(store_url)
+    with engine.connect() as connection:
+        rows = connection.execute(sa.text("SELECT * FROM audit_events ORDER BY seq")).all()
+    engine.dispose()
+    assert [r.hash for r in rows] == [
+        unkeyed_event_hash(r.seq, r.time, r.actor, r.action, r.target, r.details, r.prev_hash)
+        for r in rows
+    ]
+    with open_store(url=store_url, artifacts_url=str(tmp_path / "a")) as store:
+        assert schema_revision(store.engine) == "0004"
+        assert store.check_audit() == 3
+        assert {e.hash for e in store.list_audit()}.isdisjoint(r.hash for r in rows)
+
+
+def test_a_tampered_unkeyed_chain_is_not_keyed(store_url: str, tmp_path: Path) -> None:
+    from kilowatt.errors import AuditTampered
+
+    with open_store(url=store_url, artifacts_url=str(tmp_path / "a")) as store:
+        store.create_run("legacy")
+        store.create_token("ci", "viewer")
+    _downgrade(store_url, "0003")
+    engine = create_store_engine(store_url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("UPDATE audit_events SET actor = 'mallory' WHERE seq = 2"))
+    engine.dispose()
+    with pytest.raises(AuditTampered, match=r"audit event 2: the unkeyed chain does not verify"):
+        open_store(url=store_url, artifacts_url=str(tmp_path / "a"))
+    engine = create_store_engine(store_url)
+    assert schema_revision(engine) == "0003"  # nothing half-done
+    engine.dispose()

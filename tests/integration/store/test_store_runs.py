@@ -147,3 +147,15 @@ def test_run_records_git_commit_and_uncommitted_diff_hash(
     assert dirty_env["git_commit"] == head
     assert dirty_env["git_diff_sha256"] is not None and len(dirty_env["git_diff_sha256"]) == 64
     assert dirty_env["python_version"].count(".") == 2 and dirty_env["host"]
+
+
+def test_text_with_a_nul_character_is_refused_on_every_database(store: Store) -> None:
+    # PostgreSQL cannot hold NUL in text; SQLite could, but then the two would differ.
+    with pytest.raises(SpecError, match=r"text 'a\\x00b' contains a NUL character .*remove it"):
+        store.create_run("a\x00b")
+    with pytest.raises(SpecError, match=r"NUL character"):
+        store.create_run("ok", params={"lr": "0.1\x00"})
+    with pytest.raises(SpecError, match=r"NUL character"):
+        store.list_runs(tags={"team": "\x00"})
+    assert store.list_runs() == []  # no run half-written
+    assert "run.create" not in {event.action for event in store.list_audit()}

@@ -1,7 +1,14 @@
-"""Acceptance: SIGKILL at a random step and SIGTERM, then resume, end bit-identical."""
+"""Acceptance: SIGKILL at a random step and SIGTERM, then resume, end bit-identical.
+
+Equal final weights alone would not tell a resume from a restart (a seeded run from step 0
+reproduces them too), so each run keeps an event log (``event_log``, one line per step) and
+the tests check that the second process started at the newest complete checkpoint written
+before the stop, and that it never repeated a step before that checkpoint.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -10,6 +17,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -33,7 +41,8 @@ def _spec(tmp: Path, name: str) -> Path:
         "steps": STEPS,
         "batch_size": 16,
         "seed": 7,
-        "log_every": 50,
+        "log_every": 1,
+        "event_log": str(tmp / f"{name}-events.jsonl"),
         "checkpoint": {"url": str(tmp / name), "every": "10", "keep_last": 2},
     }
     path = tmp / f"{name}.yaml"
@@ -63,18 +72,23 @@ def _start(spec: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def _complete_checkpoints(folder: Path) -> list[int]:
+    """Steps whose checkpoint is complete (its manifest, written last, exists)."""
+    return sorted(
+        int(p.name.split("-")[1])
+        for p in folder.glob("step-*")
+        if (p / "manifest-rank-0.json").exists()
+    )
+
+
 def _wait_for_checkpoint(folder: Path, step: int, process: subprocess.Popen[bytes]) -> int:
     """Block until a complete checkpoint at or past ``step`` exists; return its step."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
-        done = [
-            int(p.name.split("-")[1])
-            for p in folder.glob("step-*")
-            if (p / "manifest-rank-0.json").exists()
-        ]
-        if done and max(done) >= step:
-            return max(done)
+        done = _complete_checkpoints(folder)
+        if done and done[-1] >= step:
+            return done[-1]
         time.sleep(0.005)
     raise AssertionError(f"no checkpoint reached step {step} in time")
 
@@ -87,12 +101,39 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.stdout.close()
 
 
-def _resume(spec: Path) -> None:
-    with warnings.catch_warnings():
-        # A checkpoint cut short by the kill is expected; it is skipped with a warning.
-        warnings.simplefilter("ignore", CheckpointWarning)
+def _resume(spec: Path, folder: Path) -> None:
+    """Resume; only a checkpoint the kill cut short may be skipped, and with a warning."""
+    complete = _complete_checkpoints(folder)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CheckpointWarning)
         rc = main(["train", str(spec), "--resume", "auto", "--no-track", "--no-progress"])
     assert rc == 0
+    for warning in caught:
+        assert issubclass(warning.category, CheckpointWarning), str(warning.message)
+        partial = int(str(warning.message).split("step-")[1][:9])
+        assert partial > complete[-1], f"a complete checkpoint was refused: {warning.message}"
+
+
+def _events(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _assert_resumed_not_restarted(events: list[dict[str, Any]], newest_before_stop: int) -> None:
+    """Two processes: the first ran steps 1..k; the second started at the newest complete
+    checkpoint (never 0), ran each step after it once, and none before it."""
+    starts = [e for e in events if e["event"] == "fit_start"]
+    assert [e["start_step"] for e in starts] == [0, newest_before_stop]
+    assert newest_before_stop > 0
+    first, second = (e["pid"] for e in starts)
+    assert first != second
+    steps = {pid: [e["step"] for e in events if e["event"] == "step" and e["pid"] == pid]
+             for pid in (first, second)}  # fmt: skip
+    assert steps[first] == list(range(1, len(steps[first]) + 1))
+    assert steps[first][-1] >= newest_before_stop  # the first process wrote that checkpoint
+    assert steps[second] == list(range(newest_before_stop + 1, STEPS + 1))
+    ends = [e for e in events if e["event"] == "fit_end"]
+    assert ends[-1]["pid"] == second
+    assert (ends[-1]["start_step"], ends[-1]["steps"]) == (newest_before_stop, STEPS)
 
 
 def _assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -117,8 +158,10 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(
         _stop(process)
     assert process.returncode == -signal.SIGKILL
     assert reached < STEPS, "the run finished before it could be killed"
-    _resume(spec)
+    newest = _complete_checkpoints(tmp_path / "killed")[-1]
+    _resume(spec, tmp_path / "killed")
     _assert_identical(reference, _final_weights(tmp_path / "killed"))
+    _assert_resumed_not_restarted(_events(tmp_path / "killed-events.jsonl"), newest)
 
 
 @pytest.mark.slow
@@ -136,5 +179,12 @@ def test_sigterm_checkpoints_exits_75_and_resumes_identically(
         _stop(process)
     assert process.returncode == EXIT_PREEMPTED == 75
     assert b"preempted: checkpointed; rerun with --resume auto" in output
-    _resume(spec)
+    events = _events(tmp_path / "preempted-events.jsonl")
+    stopped_at = next(e for e in events if e["event"] == "fit_end")
+    assert stopped_at["preempted"] is True
+    # SIGTERM writes a checkpoint of the very step it stopped at
+    newest = _complete_checkpoints(tmp_path / "preempted")[-1]
+    assert newest == stopped_at["steps"] > 30
+    _resume(spec, tmp_path / "preempted")
     _assert_identical(reference, _final_weights(tmp_path / "preempted"))
+    _assert_resumed_not_restarted(_events(tmp_path / "preempted-events.jsonl"), newest)

@@ -89,13 +89,39 @@ def test_audit_verify_passes_then_names_the_tampered_event(
 ) -> None:
     store.finish_run(store.create_run("audit").id)
     code, out, _ = _run_cli(capsys, "audit", "verify")
-    assert (code, out.strip()) == (0, "audit log OK: 3 events, hash chain intact")
+    assert (code, out.strip()) == (0, "audit log OK: 3 events, HMAC chain intact")
     with store.engine.begin() as connection:
         connection.execute(sa.text("UPDATE audit_events SET target = 'run:x' WHERE seq = 2"))
     code, _, err = _run_cli(capsys, "audit", "verify")
     assert code == 1 and "audit event 2:" in err and "was edited" in err
 
 
+def test_audit_verify_against_a_witness_catches_a_cut_tail(
+    store: Store, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    store.finish_run(store.create_run("audit").id)
+    witness = str(tmp_path / "witness")
+    code, out, _ = _run_cli(capsys, "audit", "export-head", "--witness", witness)
+    assert code == 0 and out.startswith("exported audit head: event 3 ")
+    code, out, _ = _run_cli(capsys, "audit", "verify", "--witness", witness)
+    assert (code, out.strip()) == (
+        0,
+        "audit log OK: 3 events, HMAC chain intact, 1 witnessed heads match",
+    )
+    with store.engine.begin() as connection:  # cut event 3 and make the head agree
+        connection.execute(sa.text("DELETE FROM audit_events WHERE seq = 3"))
+        connection.execute(
+            sa.text(
+                "UPDATE audit_head SET seq = 2, "
+                "hash = (SELECT hash FROM audit_events WHERE seq = 2)"
+            )
+        )
+    code, out, _ = _run_cli(capsys, "audit", "verify")
+    assert code == 0  # the database alone cannot tell
+    code, _, err = _run_cli(capsys, "audit", "verify", "--witness", witness)
+    assert code == 1 and "audit event 3: the log ends at event 2 but the witness recorded" in err
+
+
 def test_store_migrate_reports_the_revision(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _run_cli(capsys, "store", "migrate")
-    assert code == 0 and out.strip().endswith("is at schema revision 0003")
+    assert code == 0 and out.strip().endswith("is at schema revision 0004")

@@ -150,10 +150,12 @@ def list_audit(
 
 @router.get("/audit/verify", tags=["audit"])
 def verify_audit(request: Request, _: Principal = require(Role.viewer)) -> dict[str, Any]:
-    """Check the audit hash chain; names the first edited, deleted or moved event."""
+    """Check the audit HMAC chain, and the witness's heads where one is configured; names
+    the first edited, deleted or moved event."""
     report = store_of(request).verify_audit()
     if report.ok:
-        message = f"audit log intact: {report.events} events verified"
+        witnessed = f", {report.witnessed} witnessed heads match" if report.witnessed else ""
+        message = f"audit log intact: {report.events} events verified{witnessed}"
     else:
         message = f"audit log TAMPERED at event {report.first_bad_seq}: {report.reason}"
     return {**asdict(report), "message": message}

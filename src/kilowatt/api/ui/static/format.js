@@ -40,7 +40,9 @@ export function energyUnit(maxJoules) {
 
 export function grams(value) {
   if (value === null || value === undefined) return "–";
-  return value >= 1000 ? `${(value / 1000).toFixed(2)} kg CO2e` : `${value.toFixed(2)} g CO2e`;
+  if (value >= 1000) return `${(value / 1000).toFixed(2)} kg CO2e`;
+  // below a gram, an SI prefix keeps the figure readable instead of "0.00 g"
+  return value >= 1 || value === 0 ? `${value.toFixed(2)} g CO2e` : `${si(value, "g")} CO2e`;
 }
 
 export function when(iso) {
@@ -56,4 +58,41 @@ export function bytes(size) {
   let v = size;
   while (v >= 1024 && i < units.length - 1) { v /= 1024; i += 1; }
   return `${v.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+// SI prefixes, largest first: [scale, prefix].
+const SI_PREFIXES = [
+  [1e15, "P"], [1e12, "T"], [1e9, "G"], [1e6, "M"], [1e3, "k"], [1, ""],
+  [1e-3, "m"], [1e-6, "µ"], [1e-9, "n"], [1e-12, "p"],
+];
+
+function siScale(largest) {
+  if (!(largest > 0)) return [1, ""];
+  return SI_PREFIXES.find(([scale]) => largest >= scale) || SI_PREFIXES[SI_PREFIXES.length - 1];
+}
+
+// Tick labels for one axis: one SI prefix for all of them (from the largest tick), and the
+// fewest decimals that write every tick exactly (so no two ticks share a label).
+export function siTicks(ticks) {
+  const finite = ticks.filter((t) => t !== null && Number.isFinite(t));
+  const [scale, prefix] = siScale(Math.max(0, ...finite.map(Math.abs)));
+  const scaled = ticks.map((t) => (t === null || !Number.isFinite(t) ? null : t / scale));
+  const exact = (decimals) => scaled.every((v) =>
+    v === null || Math.abs(Number(v.toFixed(decimals)) - v) <= 1e-9 * Math.max(1, Math.abs(v)));
+  let decimals = 0;
+  while (decimals < 6 && !exact(decimals)) decimals += 1;
+  return scaled.map((v) => {
+    if (v === null) return "";
+    if (v === 0) return "0";
+    return `${v.toFixed(decimals)}${prefix}`;
+  });
+}
+
+// One figure with an SI prefix and 3 significant digits: si(1234567, "FLOP/s") is
+// "1.23 MFLOP/s", si(1480) is "1.48k".
+export function si(value, unit = "") {
+  if (value === null || value === undefined || !Number.isFinite(value)) return "–";
+  const [scale, prefix] = siScale(Math.abs(value));
+  const figure = Number((value / scale).toPrecision(3));
+  return unit ? `${figure} ${prefix}${unit}` : `${figure}${prefix}`;
 }

@@ -1,10 +1,66 @@
 // Runs: the filtered table, one run's page, and the overlay comparison of several runs.
 import { artifactUrl, get } from "./api.js";
 import { lineChart } from "./charts.js";
-import { bytes, duration, energy, esc, grams, num, usd, when } from "./format.js";
+import { bytes, duration, energy, esc, grams, num, si, usd, when } from "./format.js";
 
 // Metric keys drawn under "System" rather than "Metrics".
-const SYSTEM_KEY = /(^system[/.]|power|energy|throughput|samples_per_s|tokens_per_s|step_time|stall|_w$|_j$|gco2e|cost_usd|memory)/;
+const SYSTEM_KEY = /(^system[/.]|power|energy|throughput|samples_per_s|tokens_per_s|flops|mfu|step_time|stall|_w$|_j$|gco2e|cost_usd|memory)/;
+// Latest-value requests in flight at once while the runs table fills in its figures.
+const FIGURE_REQUESTS = 6;
+
+// A nested section (a spec's `backend`, `checkpoint`, ...) is stored as JSON text.
+function nested(text) {
+  if (typeof text !== "string" || !/^[[{]/.test(text)) return null;
+  try {
+    const value = JSON.parse(text);
+    return value !== null && typeof value === "object" ? value : null;
+  } catch {
+    return null;
+  }
+}
+
+function shortValue(value) {
+  if (value !== null && typeof value === "object") return Array.isArray(value) ? "[…]" : "{…}";
+  return String(value);
+}
+
+// A param as a person reads it: scalars as key=value; a nested section as a one-line
+// summary of its first fields that opens to the whole value.
+function paramTag(key, text) {
+  const value = nested(text);
+  if (value === null) return `<span class="tag" title="${esc(key)}=${esc(text)}">${esc(key)}=${esc(text)}</span>`;
+  // What tells one section from another first (its kind or name), then set scalars.
+  const rank = ([k, v]) => (["kind", "name", "type"].includes(k) ? 0 : v === null || typeof v === "object" ? 2 : 1);
+  const fields = Object.entries(value).sort((a, b) => rank(a) - rank(b));
+  const shown = fields.slice(0, 2).map(([k, v]) => `${k}=${shortValue(v)}`).join(", ");
+  const more = fields.length > 2 ? `, +${fields.length - 2}` : "";
+  return `<details class="nested"><summary class="tag">${esc(key)}: ${esc(shown + more)}</summary>
+    <pre>${esc(JSON.stringify(value, null, 2))}</pre></details>`;
+}
+
+// The figures runs are compared by, from a run's latest metric values.
+function keyFigures(latest) {
+  const evalKeys = Object.keys(latest).filter((k) => k.startsWith("eval_")).sort();
+  const evalKey = evalKeys.includes("eval_loss") ? "eval_loss" : evalKeys[0];
+  return {
+    loss: latest.fit_final_loss ?? latest.loss,
+    evalKey,
+    evalValue: evalKey === undefined ? undefined : latest[evalKey],
+    samplesPerS: latest.fit_samples_per_s ?? latest.samples_per_s,
+  };
+}
+
+async function latestByRun(runs) {
+  const latest = new Map();
+  const queue = [...runs];
+  const fetchNext = async () => {
+    for (let run = queue.shift(); run; run = queue.shift()) {
+      latest.set(run.id, await get(`/runs/${encodeURIComponent(run.id)}/metrics`));
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(FIGURE_REQUESTS, runs.length) }, fetchNext));
+  return latest;
+}
 
 function filterForm(query, projects) {
   const options = projects.map((p) =>
@@ -21,15 +77,37 @@ function filterForm(query, projects) {
   </form>`;
 }
 
-function runRow(run) {
+const RUN_COLUMNS = `<th></th><th>run</th><th>project</th><th>status</th><th>started</th>
+  <th class="num">duration</th><th class="num">final loss</th><th class="num" id="eval-column">eval</th>
+  <th class="num">energy</th><th class="num">cost</th><th class="num">CO2e</th>
+  <th class="num">samples/s</th><th>params</th>`;
+
+function runRow(run, latest, evalKey) {
+  const figures = keyFigures(latest || {});
+  const s = run.summary || {};
   return `<tr data-run-id="${esc(run.id)}">
     <td><input type="checkbox" class="pick" value="${esc(run.id)}" aria-label="select run"></td>
     <td><a href="#/runs/${encodeURIComponent(run.id)}">${esc(run.name || run.id)}</a></td>
     <td>${esc(run.project)}</td><td>${esc(run.status)}</td>
     <td>${when(run.started_at)}</td><td class="num">${duration(run.duration_s)}</td>
-    <td>${Object.entries(run.params || {}).slice(0, 4).map(([k, v]) =>
-      `<span class="tag">${esc(k)}=${esc(v)}</span>`).join("")}</td>
+    <td class="num" data-figure="loss">${num(figures.loss)}</td>
+    <td class="num" data-figure="eval">${num(evalKey ? latest?.[evalKey] : undefined)}</td>
+    <td class="num" data-figure="energy">${energy(s.energy_j)}</td>
+    <td class="num" data-figure="cost">${usd(s.cost_usd)}</td>
+    <td class="num" data-figure="carbon">${grams(s.carbon_gco2e)}</td>
+    <td class="num" data-figure="throughput">${si(figures.samplesPerS)}</td>
+    <td class="params">${Object.entries(run.params || {}).map(([k, v]) => paramTag(k, v)).join("")}</td>
   </tr>`;
+}
+
+// The eval metric most runs on the page report (eval_loss where there is one).
+function commonEvalKey(latestList) {
+  const counts = new Map();
+  for (const latest of latestList) {
+    const key = keyFigures(latest).evalKey;
+    if (key) counts.set(key, (counts.get(key) || 0) + 1);
+  }
+  return [...counts.entries()].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]))[0]?.[0];
 }
 
 export async function runsPage(main, _args, query) {
@@ -40,11 +118,14 @@ export async function runsPage(main, _args, query) {
       param: query.get("param"), limit: 200,
     }),
   ]);
+  const latest = await latestByRun(runs.items);
+  const evalKey = commonEvalKey([...latest.values()]);
   main.innerHTML = `<h1>Runs <span class="muted" id="run-count">${runs.total}</span></h1>
     ${filterForm(query, projects.items)}
-    <table id="runs-table"><thead><tr><th></th><th>run</th><th>project</th><th>status</th>
-    <th>started</th><th class="num">duration</th><th>params</th></tr></thead>
-    <tbody>${runs.items.map(runRow).join("") || `<tr><td colspan="7" class="muted">No runs match.</td></tr>`}</tbody></table>`;
+    <table id="runs-table"><thead><tr>${RUN_COLUMNS}</tr></thead>
+    <tbody>${runs.items.map((run) => runRow(run, latest.get(run.id), evalKey)).join("")
+      || `<tr><td colspan="13" class="muted">No runs match.</td></tr>`}</tbody></table>`;
+  if (evalKey) main.querySelector("#eval-column").textContent = evalKey;
   main.querySelector("#run-filters").addEventListener("submit", (event) => {
     event.preventDefault();
     const params = new URLSearchParams(new FormData(event.target));
@@ -57,21 +138,31 @@ export async function runsPage(main, _args, query) {
   });
 }
 
-function summaryCards(run) {
+function summaryCards(run, latest) {
   const s = run.summary || {};
+  const figures = keyFigures(latest);
+  // [data-key, label, value]: the evaluation metric sits beside energy and cost.
   const cards = [
-    ["status", esc(run.status)], ["duration", duration(run.duration_s)],
-    ["energy", energy(s.energy_j)], ["cost", usd(s.cost_usd)], ["carbon", grams(s.carbon_gco2e)],
+    ["status", "status", esc(run.status)], ["duration", "duration", duration(run.duration_s)],
+    ["loss", "final loss", num(figures.loss)],
+    ["eval", esc(figures.evalKey || "eval"), num(figures.evalValue)],
+    ["energy", "energy", energy(s.energy_j)], ["cost", "cost", usd(s.cost_usd)],
+    ["carbon", "carbon", grams(s.carbon_gco2e)],
+    ["throughput", "samples/s", si(figures.samplesPerS)],
   ];
   // How the usage figures were obtained (measured-nvml, estimated-tdp, ...), said once.
   const method = s.method ? `<p class="muted" id="usage-method">usage: ${esc(s.method)}</p>` : "";
-  return `<div class="cards">${cards.map(([label, value]) =>
-    `<div class="card" data-key="${label}"><div class="label">${label}</div><div class="value">${value}</div></div>`).join("")}</div>${method}`;
+  return `<div class="cards">${cards.map(([key, label, value]) =>
+    `<div class="card" data-key="${key}"><div class="label">${label}</div><div class="value">${value}</div></div>`).join("")}</div>${method}`;
 }
 
 function keyValueTable(id, mapping) {
+  const shown = (v) => {
+    const value = typeof v === "object" && v !== null ? v : nested(v);
+    return value === null ? esc(v) : `<pre>${esc(JSON.stringify(value, null, 2))}</pre>`;
+  };
   const rows = Object.entries(mapping || {}).map(([k, v]) =>
-    `<tr><td>${esc(k)}</td><td>${esc(typeof v === "object" ? JSON.stringify(v) : v)}</td></tr>`).join("");
+    `<tr><td>${esc(k)}</td><td>${shown(v)}</td></tr>`).join("");
   return `<table id="${id}"><tbody>${rows || `<tr><td class="muted">none</td></tr>`}</tbody></table>`;
 }
 
@@ -120,11 +211,12 @@ function lineageList(graph) {
 export async function runPage(main, args) {
   const runId = args[0];
   const enc = encodeURIComponent(runId);
-  const [run, artifacts, graph] = await Promise.all([
+  const [run, artifacts, graph, latest] = await Promise.all([
     get(`/runs/${enc}`), get(`/runs/${enc}/artifacts`, { limit: 1000 }), get(`/runs/${enc}/lineage`),
+    get(`/runs/${enc}/metrics`),
   ]);
   main.innerHTML = `<h1>${esc(run.name || run.id)} <span class="muted">${esc(run.project)}</span></h1>
-    ${summaryCards(run)}
+    ${summaryCards(run, latest)}
     <h2>Metrics</h2><div class="charts" id="metric-charts"></div>
     <h2>System</h2><div class="charts" id="system-charts"></div>
     <div id="metric-table"></div>
@@ -158,7 +250,7 @@ export async function comparePage(main, _args, query) {
     <th class="num">duration</th><th>params</th></tr></thead><tbody>${runs.map((r) =>
       `<tr><td><a href="#/runs/${encodeURIComponent(r.id)}">${esc(r.name || r.id)}</a></td>
       <td>${esc(r.project)}</td><td>${esc(r.status)}</td><td class="num">${duration(r.duration_s)}</td>
-      <td>${Object.entries(r.params || {}).map(([k, v]) => `<span class="tag">${esc(k)}=${esc(v)}</span>`).join("")}</td></tr>`).join("")}
+      <td class="params">${Object.entries(r.params || {}).map(([k, v]) => paramTag(k, v)).join("")}</td></tr>`).join("")}
     </tbody></table><h2>Metrics</h2><div class="charts" id="compare-charts"></div>`;
   const container = main.querySelector("#compare-charts");
   const summary = [];
