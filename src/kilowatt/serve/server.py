@@ -34,6 +34,7 @@ from kilowatt.serve.errors import (
     EngineClosed,
     InvalidInput,
     UnknownModel,
+    shed_reason_of,
     status_of,
 )
 from kilowatt.serve.handler import ModelHandler, load_handler
@@ -399,8 +400,8 @@ class InferenceServer:
             self._answered[labels] = self._answered.get(labels, 0) + 1
             return
         self.metrics.requests.labels(*labels, status).inc()
-        if status in ("429", "503"):
-            reason = "queue_full" if status == "429" else "deadline"
+        reason = shed_reason_of(error)
+        if reason is not None:
             self.metrics.shed.labels(labels[0], reason).inc()
 
     # -- shadow traffic ----------------------------------------------------------------

@@ -14,7 +14,7 @@ from torch import nn
 
 from kilowatt.errors import SpecError
 from kilowatt.meter import EnergyMeter
-from kilowatt.spec.train import parse_interval
+from kilowatt.spec.train import parse_interval, young_daly_interval_s
 from kilowatt.train.batches import BatchStream, eval_batches, move_to
 from kilowatt.train.callbacks import (
     CallbackRunner,
@@ -33,7 +33,6 @@ from kilowatt.train.trainer import (
     peak_memory_bytes,
     resolve_device,
     start_sampler,
-    young_daly_interval_s,
 )
 
 __all__ = ["Loop"]

@@ -14,7 +14,6 @@ and check for preemption.
 
 from __future__ import annotations
 
-import math
 import os
 import resource
 from collections.abc import Callable, Sequence
@@ -184,19 +183,6 @@ def peak_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
-
-
-def young_daly_interval_s(cost_s: float, mtbf_s: float) -> float:
-    """Checkpoint interval minimising expected lost work: sqrt(2 x cost x MTBF) (Young),
-    less the cost itself when it is small against the MTBF (Daly's first-order correction).
-
-    >>> round(young_daly_interval_s(2.0, 3600.0), 1)
-    118.0
-    """
-    if cost_s <= 0:
-        return 0.0
-    interval_s = math.sqrt(2.0 * cost_s * mtbf_s)
-    return interval_s - cost_s if cost_s < mtbf_s / 2 else interval_s
 
 
 def make_checkpoint_manager(

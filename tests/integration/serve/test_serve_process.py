@@ -113,7 +113,7 @@ def test_serve_registry_version_records_the_deployment(tmp_path: Path) -> None:
     save_torchscript(small_mlp(), model_path)
     with kilowatt.start_run(project="serve-test") as run:
         run.log_artifact(model_path)
-        version = kilowatt.register_model(run, "mlp", "mlp.pt", aliases=["production"])
+        version = kilowatt.register_model("mlp", run=run, artifact="mlp.pt", aliases=["production"])
     sample = np.random.default_rng(0).standard_normal(16).astype(np.float32)
     with serve_process(["mlp@production"]) as (url, _):
         reply = httpx.post(f"{url}/v2/models/mlp/infer", json={

@@ -1,6 +1,6 @@
 """The quickstart pipeline: plan, train, register, serve and load-test, report.
 
-Each step composes kilowatt's public pieces: ``kilowatt.plan``, ``kilowatt.Trainer`` (via
+Each step composes kilowatt's public pieces: ``kilowatt.make_plan``, ``kilowatt.Trainer`` (via
 the spec's entry points) with the store-backed recorder, ``kilowatt.register_model``,
 ``kilowatt serve`` as a child process, the load generator of ``kilowatt.bench``.
 """
@@ -133,9 +133,9 @@ class _StageClock:
 
 def _plan(spec: Any, catalog: Any, settings: Settings) -> Any:
     from kilowatt.cli.plan_cmd import render_plan
-    from kilowatt.plan import load_calibration, plan
+    from kilowatt.plan import load_calibration, make_plan
 
-    result = plan(
+    result = make_plan(
         spec, catalog=catalog, calibration=load_calibration(settings.home / "calibration.json")
     )
     render_plan(result)
