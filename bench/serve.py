@@ -26,12 +26,16 @@ import tempfile
 import textwrap
 import time
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import torch
+
+from kilowatt.serve.process import ServerProcess
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONCURRENCIES = (1, 16, 64)
@@ -126,34 +130,51 @@ wrk.body = [[{body}]]
 
 
 def free_port() -> int:
+    """A port for a baseline server: they bind the port they are given and cannot say
+    which one they got, unlike ``kilowatt serve --port 0``."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float = 180) -> None:
-    """Return once ``url`` answers 200."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout_s:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode} before it was ready")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.02)  # polling the health probe
-    raise RuntimeError(f"{url} not ready after {timeout_s} s")
+@contextmanager
+def baseline_server(command: list[str], health: str, work: Path) -> Iterator[str]:
+    """Run a baseline server script; yield its base URL once ``health`` answers 200."""
+    process = subprocess.Popen(
+        command, cwd=work, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        start = time.monotonic()
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode} before it was ready")
+            try:
+                if httpx.get(health, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() - start > 180:
+                raise RuntimeError(f"{health} not ready after 180 s")
+            time.sleep(0.02)  # polling the health probe
+        yield health.rsplit("/", 1)[0]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)  # the server and any workers it started
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)  # the server and any workers it started
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+@contextmanager
+def kilowatt_server(model_file: Path, work: Path) -> Iterator[str]:
+    """``kilowatt serve`` through the helper the quickstart and the tests use."""
+    log_path = work / "kilowatt-serve.log"
+    args = [str(model_file), "--name", "mlp"]
+    with ServerProcess(args, log_path=log_path, ready_timeout_s=180) as server:
+        yield server.endpoint
 
 
 _UNITS_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
@@ -203,26 +224,21 @@ def check_outputs(url: str, body: bytes, expected: np.ndarray) -> float:
 
 
 def measure_server(
-    name: str, command: list[str], health: str, predict: str, args: argparse.Namespace, work: Path
-) -> dict[str, Any]:
+    name: str, start: Callable[[], AbstractContextManager[str]], args: argparse.Namespace,
+    work: Path,
+) -> dict[str, Any]:  # fmt: skip
     body = json.dumps({"inputs": [float(v) for v in request_sample()]})
     script = work / "post.lua"
     script.write_text(WRK_SCRIPT.format(body=body))
     with torch.inference_mode():
         expected = reference_model()(torch.from_numpy(request_sample()[None])).numpy()[0]
     started = time.monotonic()
-    process = subprocess.Popen(
-        command, cwd=work, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_healthy(health, process)
+    with start() as base:
         cold_start_s = time.monotonic() - started
+        predict = f"{base}/predict"
         max_abs_error = check_outputs(predict, body.encode(), expected)
         run_wrk(predict, script, 16, args.warmup)
         runs = {c: run_wrk(predict, script, c, args.duration) for c in CONCURRENCIES}
-    finally:
-        stop(process)
     print(f"  {name}: cold start {cold_start_s:.2f} s, max |error| {max_abs_error:.2e}", flush=True)
     return {"cold_start_s": cold_start_s, "max_abs_error": max_abs_error, "runs": runs}
 
@@ -242,34 +258,24 @@ def in_process_ceiling(seconds: float = 5.0, batch: int = 64) -> dict[str, float
     return {"batch": batch, "samples_per_s": done / elapsed, "threads": torch.get_num_threads()}
 
 
-def servers(work: Path, model_file: Path) -> dict[str, tuple[list[str], str, str]]:
+def servers(work: Path, model_file: Path) -> dict[str, Callable[[], AbstractContextManager[str]]]:
     py = sys.executable
     (work / "naive_server.py").write_text(textwrap.dedent(NAIVE_SERVER))
     (work / "litserve_server.py").write_text(textwrap.dedent(LITSERVE_SERVER))
-    chosen: dict[str, tuple[list[str], str, str]] = {}
-    ports = {name: free_port() for name in ("naive", "litserve", "kilowatt")}
-    base = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-    chosen["naive"] = (
-        [py, "naive_server.py", str(model_file), str(ports["naive"])],
-        f"{base['naive']}/health",
-        f"{base['naive']}/predict",
-    )
+    chosen: dict[str, Callable[[], AbstractContextManager[str]]] = {}
+    port = free_port()
+    naive = [py, "naive_server.py", str(model_file), str(port)]
+    chosen["naive"] = lambda: baseline_server(naive, f"http://127.0.0.1:{port}/health", work)
     try:
         import litserve  # noqa: F401
 
-        chosen["litserve"] = (
-            [py, "litserve_server.py", str(model_file), str(ports["litserve"])],
-            f"{base['litserve']}/health",
-            f"{base['litserve']}/predict",
-        )
+        lit_port = free_port()
+        lit = [py, "litserve_server.py", str(model_file), str(lit_port)]
+        lit_health = f"http://127.0.0.1:{lit_port}/health"
+        chosen["litserve"] = lambda: baseline_server(lit, lit_health, work)
     except ImportError:
         print("LitServe is not installed: skipped", file=sys.stderr)
-    chosen["kilowatt"] = (
-        [py, "-m", "kilowatt.cli.main", "serve", str(model_file), "--name", "mlp",
-         "--port", str(ports["kilowatt"])],
-        f"{base['kilowatt']}/v2/health/ready",
-        f"{base['kilowatt']}/predict",
-    )  # fmt: skip
+    chosen["kilowatt"] = lambda: kilowatt_server(model_file, work)
     return chosen
 
 
@@ -316,11 +322,11 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.jit.script(reference_model()).save(str(model_file))
         results: dict[str, Any] = {}
-        for name, (command, health, predict) in servers(work, model_file).items():
+        for name, start in servers(work, model_file).items():
             if args.only and name != "naive" and name not in args.only:
                 continue
             print(f"measuring {name} ...", flush=True)
-            results[name] = measure_server(name, command, health, predict, args, work)
+            results[name] = measure_server(name, start, args, work)
         print("measuring the model alone in-process ...", flush=True)
         ceiling = in_process_ceiling()
     print(table(results, ceiling))

@@ -76,11 +76,14 @@ def _registry_spec(ref: str, settings: Settings, store: Any) -> ModelSpec:
 class _StoreRecorder:
     """Records each loaded version as a deployment (lineage: model version -> deployment)."""
 
-    def __init__(self, store: Any, refs: dict[tuple[str, str], str], endpoint: str) -> None:
+    def __init__(self, store: Any, refs: dict[tuple[str, str], str]) -> None:
         self._store = store
         self._refs = refs
-        self._endpoint = endpoint
+        self._endpoint = ""
         self._deployments: dict[tuple[str, str], int] = {}
+
+    def on_listening(self, url: str) -> None:
+        self._endpoint = url  # the bound address: a port of 0 resolved by the server
 
     def on_deploy(self, event: DeploymentEvent) -> None:
         key = (event.spec.name, event.spec.version)
@@ -191,10 +194,10 @@ def _register_serve(app: typer.Typer) -> None:
             spec = load_spec(ServeSpec, {"models": [s.model_dump() for s in specs], **settings})
         callbacks: list[ServeCallback] = []
         if store is not None:
-            callbacks.append(_StoreRecorder(store, refs, f"http://{spec.host}:{spec.port}"))
+            callbacks.append(_StoreRecorder(store, refs))
         typer.echo(
             f"serving {', '.join(f'{m.name}:{m.version}' for m in spec.models)} "
-            f"on http://{spec.host}:{spec.port} ({spec.workers} worker(s))",
+            f"with {spec.workers} worker(s)",
             err=True,
         )
         try:

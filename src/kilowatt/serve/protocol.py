@@ -41,7 +41,6 @@ class InferRequest:
     request_id: str | None = None
     binary_output: bool = False
     model: str | None = None
-    single_sample: bool = False
 
 
 def _loads(body: bytes) -> Any:

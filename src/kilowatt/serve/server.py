@@ -83,6 +83,9 @@ class ServeCallback:
     Subclass and override what you need; a failing callback is ignored, never fatal.
     """
 
+    def on_listening(self, url: str) -> None:
+        """The server's socket is bound at ``url`` (port 0 resolved); models load next."""
+
     def on_deploy(self, event: DeploymentEvent) -> None:
         """A version is loaded, warmed up and taking traffic."""
 

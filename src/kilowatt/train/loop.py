@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
+import os
+import resource
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from kilowatt.errors import SpecError
-from kilowatt.meter import EnergyMeter
+from kilowatt.meter import EnergyMeter, PowerSampler
+from kilowatt.signals import handling_signals
 from kilowatt.spec.train import parse_interval, young_daly_interval_s
 from kilowatt.train.batches import BatchStream, eval_batches, move_to
 from kilowatt.train.callbacks import (
@@ -25,15 +26,12 @@ from kilowatt.train.callbacks import (
     ProgressCallback,
     StepEvent,
 )
+from kilowatt.train.checkpoint import CheckpointManager
 from kilowatt.train.sharding import full_state, load_full_state, wrap_fsdp
 from kilowatt.train.state import capture_rng, restore_rng, seed_everything
-from kilowatt.train.trainer import (
-    Trainer,
-    make_checkpoint_manager,
-    peak_memory_bytes,
-    resolve_device,
-    start_sampler,
-)
+
+if TYPE_CHECKING:
+    from kilowatt.train.trainer import Trainer
 
 __all__ = ["Loop"]
 
@@ -65,19 +63,8 @@ class _Preemption:
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> _Preemption:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def _handle(self, signum: int, frame: Any) -> None:
+    def handle(self, signum: int, frame: Any) -> None:
         self.signum = signum
 
 
@@ -196,7 +183,8 @@ class Loop:
         log_step, log_energy_j = self.step, self._energy_j()
         self.model.train()
         try:
-            with _Preemption() as preemption:
+            preemption = _Preemption()
+            with handling_signals(preemption.handle):
                 while self.step < self.o.steps:
                     self._train_step()
                     if self.step % self.o.log_every == 0 or self.step == self.o.steps:
@@ -442,3 +430,44 @@ def _replace(obj: Any, **changes: Any) -> Any:
     import dataclasses
 
     return dataclasses.replace(obj, **changes)
+
+
+def resolve_device(option: str, rank: int) -> torch.device:
+    """``auto``: this rank's CUDA device if any, else CPU."""
+    if option == "cpu" or (option == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise SpecError("device: cuda was asked for but no CUDA device is visible; use auto")
+    local_rank = int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count()))
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak allocated CUDA memory, or this process's peak resident set on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
+
+
+def make_checkpoint_manager(
+    trainer: Trainer, rank: int, world_size: int, url: str | None = None
+) -> CheckpointManager:
+    """The checkpoint manager for this rank from the trainer's options (at ``url`` if given)."""
+    spec = trainer.options.checkpoint
+    keep_best = (spec.keep_best.metric, spec.keep_best.mode) if spec.keep_best else None
+    return CheckpointManager(
+        url or trainer.checkpoint_url,
+        mirror_url=None if url else spec.mirror_url,
+        keep_last=spec.keep_last,
+        keep_best=keep_best,
+        asynchronous=spec.asynchronous,
+        rank=rank,
+        world_size=world_size,
+        fs=None if url else trainer.checkpoint_fs,
+    )
+
+
+def start_sampler(meter: EnergyMeter | None) -> PowerSampler | None:
+    """A 1 s sampler keeping wrap-prone counters honest while the loop runs."""
+    return PowerSampler(meter, interval_s=1.0).start() if meter is not None else None

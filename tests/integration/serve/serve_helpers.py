@@ -1,13 +1,11 @@
-"""Helpers of the serving tests: in-process uvicorn on port 0, `kilowatt serve` processes,
-small models and a gated fake model."""
+"""Helpers of the serving tests: in-process uvicorn on port 0, `kilowatt serve` processes
+(through the same ``ServerProcess`` the quickstart uses), small models and a gated fake
+model."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -16,13 +14,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import torch
 import uvicorn
 from prometheus_client import CollectorRegistry
 
 from kilowatt.serve import InferenceServer, ServeMetrics, create_app
+from kilowatt.serve.process import ServerProcess
 from kilowatt.spec import ModelSpec, ServeSpec
 
 REPO = Path(__file__).resolve().parents[3]
@@ -112,48 +110,13 @@ def metric(server: InferenceServer, name: str, **labels: str) -> float:
     return server.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def serve_process(
     args: list[str], env: dict[str, str] | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Run ``kilowatt serve ARGS --port P`` and yield (base URL, process) once ready."""
-    port = free_port()
-    command = [sys.executable, "-m", "kilowatt.cli.main", "serve", *args, "--port", str(port)]
-    process = subprocess.Popen(
-        command, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, process)
-        yield url, process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
-        if process.stdout is not None:
-            process.stdout.close()
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            output = process.stdout.read().decode() if process.stdout else ""
-            raise RuntimeError(f"kilowatt serve exited with {process.returncode}:\n{output}")
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)  # polling the health probe, not waiting for a guess
-    raise RuntimeError(f"{url} was not ready within {timeout_s} s")
+    """Run ``kilowatt serve ARGS`` on the port it picks; yield (base URL, process) once ready."""
+    with tempfile.TemporaryDirectory(prefix="kilowatt-serve-test-") as folder:
+        log_path = Path(folder) / "serve.log"
+        with ServerProcess(args, log_path=log_path, env=env, ready_timeout_s=90) as server:
+            assert server.process is not None
+            yield server.endpoint, server.process
