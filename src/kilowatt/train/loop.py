@@ -106,9 +106,14 @@ class Loop:
             self.model = self._wrap(self.raw_model)
         self.scheduler = self.t.scheduler(self.optimizer) if self.t.scheduler else None
         self.autocast, self.scaler = _precision(self.o.precision, self.device)
-        # The loss is summed where it lives and read only when logged: reading a device
+        # Found by profiling the per-step path: a disabled scaler, a move to the CPU of
+        # tensors already there, and an in-place add per step each cost a dispatch for
+        # nothing; they are skipped when they would do nothing.
+        self.scaling = self.scaler.is_enabled()
+        self.move_batches = self.device.type != "cpu"  # the loader yields CPU tensors
+        # The losses stay where they live and are read only when logged: reading a device
         # tensor every step would make the host wait for the device every step.
-        self.loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
+        self.losses: list[torch.Tensor] = []
         self.checkpoints = make_checkpoint_manager(self.t, self.rank, self.world_size)
         self.data = BatchStream(
             self.t.train_data,
@@ -221,35 +226,48 @@ class Loop:
 
     def _train_step(self) -> None:
         for micro in range(self.o.grad_accum):
-            batch = move_to(next(self.data), self.device)
-            last = micro == self.o.grad_accum - 1
-            # Gradients are all-reduced once per optimizer step, not per micro-batch.
-            skip_sync = not last and self.world_size > 1
-            with self.model.no_sync() if skip_sync else contextlib.nullcontext():
-                with self.autocast():
-                    loss = self.t.compute_loss(self.model, batch)
-                    if self.o.grad_accum > 1:  # one more autograd node only when it matters
-                        loss = loss / self.o.grad_accum
-                self.scaler.scale(loss).backward()
-            self.loss_sum.add_(loss.detach())
+            batch = next(self.data)
+            if self.move_batches:
+                batch = move_to(batch, self.device)
+            if micro < self.o.grad_accum - 1 and self.world_size > 1:
+                # Gradients are all-reduced once per optimizer step, not per micro-batch.
+                with self.model.no_sync():  # type: ignore[operator]
+                    loss = self._backward(batch)
+            else:
+                loss = self._backward(batch)
+            self.losses.append(loss.detach())
         if self.o.clip_grad_norm is not None:
-            self.scaler.unscale_(self.optimizer)
+            if self.scaling:
+                self.scaler.unscale_(self.optimizer)
             if self.sharded:  # each rank holds a shard; FSDP computes the global norm
                 self.model.clip_grad_norm_(self.o.clip_grad_norm)  # type: ignore[operator]
             else:
                 torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.o.clip_grad_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if self.scaling:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.scheduler is not None:
             self.scheduler.step()
         self.step += 1
         self.loss_count += 1
 
+    def _backward(self, batch: Any) -> torch.Tensor:
+        """Forward and backward of one micro-batch; its (scaled-down) loss."""
+        with self.autocast():
+            loss = self.t.compute_loss(self.model, batch)
+            if self.o.grad_accum > 1:  # one more autograd node only when it matters
+                loss = loss / self.o.grad_accum
+        (self.scaler.scale(loss) if self.scaling else loss).backward()
+        return loss
+
     def _log(self, steps: int, elapsed_s: float, energy_j: float | None) -> None:
         # Reading the loss is a device sync point, so it happens only every log_every steps.
-        self.last_loss = float(self.loss_sum) / max(1, self.loss_count)
-        self.loss_sum.zero_()
+        total = torch.stack(self.losses).sum() if self.losses else torch.zeros(())
+        self.last_loss = float(total) / max(1, self.loss_count)
+        self.losses.clear()
         self.loss_count = 0
         if self.rank != 0 or steps == 0:
             return
