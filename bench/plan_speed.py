@@ -3,7 +3,7 @@ configurations it costs.
 
 Measured in the same run:
 
-- kilowatt: ``kilowatt.plan.plan(spec)``, which costs every configuration on plain
+- kilowatt: ``kilowatt.make_plan(spec)``, which costs every configuration on plain
   dataclasses and builds result models only for the plans it shows;
 - baseline: the same enumeration, but every feasible configuration is materialised as a
   ``TrainOption`` result model before ranking (the straightforward implementation).
@@ -46,10 +46,10 @@ def _specs() -> dict[str, Any]:
 
 
 def run_kilowatt(spec: Any, catalog: Any, calibration: Any) -> tuple[float, int]:
-    from kilowatt.plan import plan
+    from kilowatt.plan import make_plan
 
     start = time.perf_counter()
-    result = plan(spec, catalog=catalog, calibration=calibration)
+    result = make_plan(spec, catalog=catalog, calibration=calibration)
     return time.perf_counter() - start, result.configurations_evaluated
 
 

@@ -133,6 +133,8 @@ def answer_of(target: Target, verify: Any) -> np.ndarray:
 
 
 def free_port() -> int:
+    """A port for a baseline server: they bind the port they are given and cannot say
+    which one they got, unlike ``kilowatt serve --port 0``."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

@@ -190,8 +190,8 @@ def test_dashboard_shows_runs_charts_and_comparison(browser: Any, dashboard_url:
     import kilowatt
 
     fast, slow = _train("lr-0.05", 0.05), _train("lr-0.01", 0.01)
-    kilowatt.register_model(slow, "regressor", "model.pt")
-    kilowatt.register_model(fast, "regressor", "model.pt", aliases=["production"])
+    kilowatt.register_model("regressor", run=slow, artifact="model.pt")
+    kilowatt.register_model("regressor", run=fast, artifact="model.pt", aliases=["production"])
     _check_dashboard(browser, dashboard_url, fast, slow)
     _check_registry(browser, dashboard_url)
 

@@ -10,15 +10,9 @@
 Ray is imported only when the ray backend is used (``pip install kilowatt[ray]``).
 """
 
-from kilowatt.backends.base import (
-    Backend,
-    JobKind,
-    JobRequest,
-    get_backend,
-    read_job_file,
-    register_backend,
-)
+from kilowatt.backends.base import Backend, get_backend, register_backend
 from kilowatt.backends.devices import DevicePool, detect_devices
+from kilowatt.backends.job import JobKind, JobRequest, read_job_file
 from kilowatt.backends.local import LocalBackend
 
 __all__ = [

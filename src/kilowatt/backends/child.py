@@ -9,7 +9,6 @@ recorder, so metrics of every attempt land in one run.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import traceback
@@ -17,22 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kilowatt.backends.base import JobRequest
+from kilowatt.backends.job import JOB_ENV, JobRequest, decode_job
 
-__all__ = ["JOB_ENV", "main", "write_job_file"]
-
-#: The environment variable that carries the job request into a Ray job.
-JOB_ENV = "KILOWATT_JOB"
-
-
-def write_job_file(
-    path: Path, job: JobRequest, run_id: str | None, prices: dict[str, Any] | None
-) -> Path:
-    """Write what ``main`` needs to run ``job`` (``prices``: ``Accountant`` arguments)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    document = {"job": job.to_dict(), "run_id": run_id, "prices": prices}
-    path.write_text(json.dumps(document, indent=2))
-    return path
+__all__ = ["main"]
 
 
 def _train(job: JobRequest, run_id: str | None, prices: dict[str, Any] | None) -> int:
@@ -78,15 +64,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python -m kilowatt.backends.child JOB.json | --from-env", file=sys.stderr)
         return 2
     if args[0] == "--from-env":  # a Ray job carries its request in the environment
-        document = json.loads(os.environ[JOB_ENV])
+        job, run_id, prices = decode_job(os.environ[JOB_ENV])
     else:
-        document = json.loads(Path(args[0]).read_text())
-    job = JobRequest.from_dict(document["job"])
+        job, run_id, prices = decode_job(Path(args[0]).read_text())
     if job.workdir not in sys.path:
         sys.path.insert(0, job.workdir)  # the user's entry points live next to the spec
     try:
         if job.kind == "train":
-            return _train(job, document.get("run_id"), document.get("prices"))
+            return _train(job, run_id, prices)
         if job.kind == "serve":
             return _serve(job)
         print(f"kilowatt: job kind {job.kind!r} does not run in a child", file=sys.stderr)

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from kilowatt.backends.base import JobRequest
+from kilowatt.backends.job import JobRequest
 from kilowatt.errors import SpecError
 
 __all__ = ["GPU_RESOURCE", "SPEC_MOUNT", "manifests_for", "to_yaml"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from kilowatt.backends.base import JobRequest
+from kilowatt.backends.job import JobRequest
 from kilowatt.spec import ServeSpec, Settings, TrainSpec
 
 if TYPE_CHECKING:

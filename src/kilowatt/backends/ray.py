@@ -11,16 +11,15 @@ several nodes is refused with ``BackendError`` (use PostgreSQL via ``KILOWATT_ST
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from kilowatt.backends.base import JobRequest
-from kilowatt.backends.child import JOB_ENV
+from kilowatt.backends.job import JOB_ENV, JobRequest, encode_job
 from kilowatt.errors import BackendError
+from kilowatt.signals import handling_signals
 from kilowatt.spec import ServeSpec, Settings, TrainSpec
 
 if TYPE_CHECKING:
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
     from kilowatt.meter import Accountant
     from kilowatt.train import Callback, FitResult
 
-__all__ = ["JOB_ENV", "RayBackend", "check_store_for_cluster"]
+__all__ = ["RayBackend", "check_store_for_cluster"]
 
 _DASHBOARD = "http://127.0.0.1:8265"
 
@@ -135,14 +134,13 @@ class RayBackend:
         deployment = self.deploy(spec)
         print(f"serving on Ray Serve at {deployment.url}", file=sys.stderr, flush=True)
         stopped = threading.Event()
-        previous = signal.signal(signal.SIGTERM, lambda *_: stopped.set())
         try:
-            while not stopped.wait(1.0):
-                pass
+            with handling_signals(lambda *_: stopped.set(), [signal.SIGTERM]):
+                while not stopped.wait(1.0):
+                    pass
         except KeyboardInterrupt:
             pass
         finally:
-            signal.signal(signal.SIGTERM, previous)
             deployment.stop()
 
     def submit(self, job: JobRequest) -> str:
@@ -171,7 +169,7 @@ class RayBackend:
             env.update(job.spec.get("env", {}))
         else:
             entrypoint = f"{self._python()} -m kilowatt.backends.child --from-env"
-            env[JOB_ENV] = json.dumps({"job": job.to_dict(), "run_id": None, "prices": None})
+            env[JOB_ENV] = encode_job(job, run_id=None, prices=None)
         client = JobSubmissionClient(self._dashboard())
         try:
             return str(

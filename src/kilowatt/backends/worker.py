@@ -28,12 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kilowatt.backends.base import JobRequest
-from kilowatt.backends.child import write_job_file
 from kilowatt.backends.devices import DevicePool, detect_devices
+from kilowatt.backends.job import JobRequest, write_job_file
 from kilowatt.backends.process import Exit, JobProcess
 from kilowatt.errors import KilowattError
 from kilowatt.meter import Accountant, Measurement, cpu_watts_per_core
+from kilowatt.signals import handling_signals
 from kilowatt.spec import Settings
 from kilowatt.store import Job, Store
 
@@ -116,7 +116,7 @@ class LocalWorker:
         and nothing runs: flexible jobs waiting for their window stay queued; or ``max_s``
         seconds). Running jobs are stopped and requeued on exit."""
         deadline = None if max_s is None else time.monotonic() + max_s
-        with _stop_on_signals(self):
+        with handling_signals(lambda signum, frame: self.stop()):  # stop; requeue running jobs
             try:
                 while not self._stopping:
                     self.tick()
@@ -376,26 +376,3 @@ def _log_tail(path: Path) -> str:
             return log.read().decode("utf-8", "replace").strip() or "(no output)"
     except OSError:
         return "(no log)"
-
-
-class _stop_on_signals:
-    """SIGTERM/SIGINT end the loop cleanly (running jobs are stopped and requeued)."""
-
-    def __init__(self, worker: LocalWorker) -> None:
-        self._worker = worker
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> None:
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            self._previous[signum] = signal.signal(signum, self._handle)
-
-    def __exit__(self, *exc_info: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self._worker.stop()

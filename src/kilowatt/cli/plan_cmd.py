@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
         """Plan training or serving: hardware, count, layout, time, cost, energy, CO2e."""
         from kilowatt.catalog import load_catalog
         from kilowatt.errors import SpecError
-        from kilowatt.plan import PlanSpec, load_calibration, plan
+        from kilowatt.plan import PlanSpec, load_calibration, make_plan
         from kilowatt.spec import Settings, load_spec
 
         settings = Settings.from_env()
@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
         overrides = {k: v for k, v in {"objective": objective, "top": top}.items() if v}
         if overrides:
             parsed = PlanSpec.model_validate({**parsed.model_dump(), **overrides})
-        result = plan(
+        result = make_plan(
             parsed,
             catalog=load_catalog(extra_files=catalog or (), user_dir=settings.catalog_dir),
             calibration=load_calibration(settings.home / "calibration.json"),

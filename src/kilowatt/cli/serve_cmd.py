@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from kilowatt.errors import SpecError
+from kilowatt.errors import NotFound, SpecError
 
 if TYPE_CHECKING:
     from kilowatt.serve import DeploymentEvent, ServeCallback
@@ -37,11 +37,30 @@ def _is_file(ref: str) -> bool:
     return Path(ref).exists()
 
 
+def _looks_like_path(ref: str) -> bool:
+    """A folder in it, a leading ``.`` or ``~``, or a file extension: meant as a file."""
+    return "/" in ref or "\\" in ref or ref.startswith((".", "~")) or bool(Path(ref).suffix)
+
+
+def _missing_file(ref: str, could_be_name: bool) -> SpecError:
+    if not could_be_name:
+        return SpecError(f"{ref}: no such file; check the path")
+    return SpecError(
+        f"{ref}: no such file, and no model {ref!r} is registered; check the path, or list "
+        "registered models with `kilowatt models list`"
+    )
+
+
 def _registry_spec(ref: str, settings: Settings, store: Any) -> ModelSpec:
     """Download a registered version's artifact and describe it as a ``ModelSpec``."""
     from kilowatt.spec import ModelSpec
 
-    version = store.get_model_version(ref)
+    try:
+        version = store.get_model_version(ref)
+    except NotFound:
+        if _looks_like_path(ref):  # meant as a file, though it could be a name too
+            raise _missing_file(ref, could_be_name=True) from None
+        raise
     if version.run_id is None or version.artifact_name is None:
         raise SpecError(f"model {version.ref} has no artifact to serve; register one with a file")
     folder = settings.home / "serve-cache" / (version.artifact_sha256 or version.ref)
@@ -57,11 +76,14 @@ def _registry_spec(ref: str, settings: Settings, store: Any) -> ModelSpec:
 class _StoreRecorder:
     """Records each loaded version as a deployment (lineage: model version -> deployment)."""
 
-    def __init__(self, store: Any, refs: dict[tuple[str, str], str], endpoint: str) -> None:
+    def __init__(self, store: Any, refs: dict[tuple[str, str], str]) -> None:
         self._store = store
         self._refs = refs
-        self._endpoint = endpoint
+        self._endpoint = ""
         self._deployments: dict[tuple[str, str], int] = {}
+
+    def on_listening(self, url: str) -> None:
+        self._endpoint = url  # the bound address: a port of 0 resolved by the server
 
     def on_deploy(self, event: DeploymentEvent) -> None:
         key = (event.spec.name, event.spec.version)
@@ -94,11 +116,13 @@ def _model_specs(
                 ModelSpec(name=label, source=ref, version=version, weight=weight, **options)
             )
             continue
-        if store is None:
-            from kilowatt.store import open_store
+        from kilowatt.store import is_model_ref, open_store
 
-            settings = Settings.from_env()
-            store = open_store(settings)
+        could_be_name = is_model_ref(ref)
+        if _looks_like_path(ref) and not could_be_name:
+            raise _missing_file(ref, could_be_name)
+        if store is None:
+            store = open_store(Settings.from_env())
         spec = _registry_spec(ref, Settings.from_env(), store)
         spec = spec.model_copy(update={"weight": weight, "name": name or spec.name})
         refs[(spec.name, spec.version)] = f"{spec.name}:{spec.version}" if not name else ref
@@ -143,7 +167,7 @@ def _register_serve(app: typer.Typer) -> None:
         tls_key: Path | None = typer.Option(None, help="PEM private key of --tls-cert"),
     ) -> None:
         """Serve models over the Open Inference Protocol v2 and POST /predict."""
-        from kilowatt.serve import serve as run_server
+        from kilowatt.serve import run_server
         from kilowatt.spec import ServeSpec, load_spec
 
         settings: dict[str, Any] = {
@@ -178,12 +202,11 @@ def _register_serve(app: typer.Typer) -> None:
             spec = load_spec(ServeSpec, {"models": [s.model_dump() for s in specs], **settings})
         callbacks: list[ServeCallback] = []
         if store is not None:
-            callbacks.append(_StoreRecorder(store, refs, f"http://{spec.host}:{spec.port}"))
-        scheme = "https" if spec.tls_cert else "http"
+            callbacks.append(_StoreRecorder(store, refs))
         grpc_note = f", gRPC on {spec.host}:{spec.grpc_port}" if spec.grpc_port is not None else ""
         typer.echo(
             f"serving {', '.join(f'{m.name}:{m.version}' for m in spec.models)} "
-            f"on {scheme}://{spec.host}:{spec.port}{grpc_note} ({spec.workers} worker(s))",
+            f"with {spec.workers} worker(s){grpc_note}",
             err=True,
         )
         try:

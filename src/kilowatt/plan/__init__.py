@@ -4,7 +4,7 @@ Pure Python (no torch): estimators for compute, memory, network, time, cost, ene
 inference, and a search that ranks every fitting configuration by the objective.
 
 >>> import kilowatt
->>> result = kilowatt.plan("examples/plans/2b-transformer.yaml")  # doctest: +SKIP
+>>> result = kilowatt.make_plan("examples/plans/2b-transformer.yaml")  # doctest: +SKIP
 >>> result.recommendation.accelerator  # doctest: +SKIP
 'a100-40gb'
 """
@@ -36,14 +36,14 @@ __all__ = [
     "ServeOption",
     "TrainOption",
     "load_calibration",
-    "plan",
+    "make_plan",
     "predict_training",
     "record_measurement",
     "save_calibration",
 ]
 
 
-def plan(
+def make_plan(
     spec: PlanSpec | dict[str, Any] | str | Path,
     *,
     catalog: Catalog | None = None,
@@ -68,7 +68,7 @@ def plan(
             catalog (with suggestions).
         PlanInfeasible: nothing fits the constraints (the message says why, by reason).
 
-    >>> result = plan({"model": {"architecture": "generic", "params": 1.2e7,
+    >>> result = make_plan({"model": {"architecture": "generic", "params": 1.2e7,
     ...                          "forward_flops_per_sample": 1.8e9},
     ...                "train": {"samples": 50000, "epochs": 10, "precision": "fp32"},
     ...                "constraints": {"instances": ["local-cpu"]}})

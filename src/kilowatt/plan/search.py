@@ -32,7 +32,7 @@ _GIB = 2**30
 
 
 def plan_training(spec: PlanSpec, catalog: Catalog, calibration: Calibration) -> PlanResult:
-    """Search, rank and explain training plans for ``spec`` (see ``kilowatt.plan.plan``)."""
+    """Search, rank and explain training plans for ``spec`` (see ``kilowatt.plan.make_plan``)."""
     started = time.perf_counter()
     ctx = TrainContext.of(spec, mfu_lookup(spec, calibration))
     rejections = Rejections()

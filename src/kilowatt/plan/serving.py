@@ -50,7 +50,7 @@ class _Priced:
 
 
 def plan_serving(spec: PlanSpec, catalog: Catalog, calibration: Calibration) -> PlanResult:
-    """Search, rank and explain serving plans for ``spec`` (see ``kilowatt.plan.plan``)."""
+    """Search, rank and explain serving plans for ``spec`` (see ``kilowatt.plan.make_plan``)."""
     serve = spec.serve
     assert serve is not None
     started = time.perf_counter()

@@ -1,15 +1,16 @@
 """Training time: compute at an achieved fraction of peak, communication, pipeline bubble,
 checkpoints, and preemptions on spot capacity.
 
-The checkpoint interval on spot capacity follows Young (1974) / Daly (2006): with
-checkpoint cost ``C`` and mean time between preemptions ``M``, the interval
-``sqrt(2·C·M)`` minimises checkpoint time plus work lost to preemptions.
+The checkpoint interval on spot capacity is ``kilowatt.spec.train.young_daly_interval_s``,
+the rule the trainer's ``every: auto`` follows too, so a plan and its run agree.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from kilowatt.spec.train import young_daly_interval_s
 
 __all__ = [
     "GEMM_HALF_WIDTH",
@@ -21,7 +22,6 @@ __all__ = [
     "pipeline_bubble_fraction",
     "time_with_preemptions_s",
     "virtual_stages",
-    "young_daly_interval_s",
 ]
 
 # Extra arithmetic per step from recomputation: full recompute repeats the forward pass
@@ -104,17 +104,6 @@ def checkpoint_overhead_s(train_s: float, checkpoint_s: float, interval_s: float
     return math.floor(train_s / interval_s) * checkpoint_s
 
 
-def young_daly_interval_s(checkpoint_s: float, preemptions_per_s: float) -> float:
-    """Checkpoint interval ``sqrt(2·C·M)`` (M = mean time between preemptions).
-
-    >>> young_daly_interval_s(60.0, 1 / 36000)  # 1 min checkpoints, a preemption per 10 h
-    2078.460969082653
-    """
-    if preemptions_per_s <= 0:
-        return math.inf
-    return math.sqrt(2.0 * checkpoint_s / preemptions_per_s)
-
-
 def time_with_preemptions_s(
     train_s: float, checkpoint_s: float, preemptions_per_s: float, restart_s: float
 ) -> tuple[float, float]:
@@ -123,10 +112,12 @@ def time_with_preemptions_s(
     Each interval ``τ`` costs a checkpoint ``C``; each preemption loses on average ``τ/2``
     of work plus ``restart_s``. Returns ``(wall_s, τ)``.
     """
-    tau = young_daly_interval_s(checkpoint_s, preemptions_per_s)
+    mtbf_s = 1.0 / preemptions_per_s if preemptions_per_s > 0 else math.inf
+    tau = young_daly_interval_s(checkpoint_s, mtbf_s)
     if math.isinf(tau):
         return train_s, tau
-    overhead = checkpoint_s / tau + preemptions_per_s * (tau / 2.0 + restart_s)
+    checkpoint_share = checkpoint_s / tau if tau > 0 else 0.0
+    overhead = checkpoint_share + preemptions_per_s * (tau / 2.0 + restart_s)
     if overhead >= 1.0:
         return math.inf, tau  # preempted faster than it can make progress
     # Overheads stretch the wall time, and the stretched time sees more preemptions.

@@ -2,10 +2,10 @@
 Inference Protocol.
 
 >>> import kilowatt
->>> kilowatt.serve("mlp.pt", name="mlp", port=8080)  # doctest: +SKIP
+>>> kilowatt.run_server("mlp.pt", name="mlp", port=8080)  # doctest: +SKIP
 
 The engine works without HTTP (``InferenceServer``); ``create_app`` wraps it in the ASGI
-app, and ``serve`` runs that app under uvicorn until SIGTERM. With ``grpc_port`` the same
+app, and ``run_server`` runs that app under uvicorn until SIGTERM. With ``grpc_port`` the same
 engines also answer the Open Inference Protocol over gRPC (``kilowatt.serve.grpc``).
 """
 
@@ -15,6 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from kilowatt.errors import SpecError
 from kilowatt.serve.app import DEADLINE_HEADER, ROUTING_KEY_HEADER, ServeApp, create_app
 from kilowatt.serve.engine import ModelEngine
 from kilowatt.serve.errors import (
@@ -28,7 +31,8 @@ from kilowatt.serve.errors import (
 from kilowatt.serve.handler import ModelHandler, TorchHandler, load_handler
 from kilowatt.serve.metrics import ServeMetrics
 from kilowatt.serve.server import DeploymentEvent, InferenceServer, InferResult, ServeCallback
-from kilowatt.spec.serve import ModelSpec, ServeSpec
+from kilowatt.spec import format_validation_error
+from kilowatt.spec.serve import ServeSpec
 
 __all__ = [
     "DEADLINE_HEADER",
@@ -50,11 +54,11 @@ __all__ = [
     "UnknownModel",
     "create_app",
     "load_handler",
-    "serve",
+    "run_server",
 ]
 
 
-def serve(
+def run_server(
     model: ServeSpec | str | Path,
     *,
     name: str | None = None,
@@ -73,15 +77,30 @@ def serve(
         admin: expose the model repository routes for hot reload over HTTP.
         **settings: ``ServeSpec`` fields (``host``, ``port``, ``workers``, ``batching``...).
 
+    Raises:
+        SpecError: a setting is unknown or out of range (the message names it).
+
     Example:
-        >>> kilowatt.serve("mlp.pt", name="mlp", port=8080, workers=2)  # doctest: +SKIP
+        >>> kilowatt.run_server("mlp.pt", name="mlp", port=8080, workers=2)  # doctest: +SKIP
     """
     from kilowatt.serve.runner import run
 
+    run(_serve_spec(model, name, settings), callbacks=callbacks, meter=meter, admin=admin)
+
+
+def _serve_spec(
+    model: ServeSpec | str | Path, name: str | None, settings: dict[str, Any]
+) -> ServeSpec:
+    """The spec to serve, with ``settings`` validated as strictly as a YAML spec."""
     if isinstance(model, ServeSpec):
-        spec = model.model_copy(update=settings) if settings else model
+        if not settings:
+            return model
+        fields = {**model.model_dump(), **settings}
     else:
         source = str(model)
         label = name or Path(source.partition(":")[0] if ":" in source else source).stem
-        spec = ServeSpec(models=[ModelSpec(name=label, source=source)], **settings)
-    run(spec, callbacks=callbacks, meter=meter, admin=admin)
+        fields = {"models": [{"name": label, "source": source}], **settings}
+    try:
+        return ServeSpec.model_validate(fields)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc, "run_server settings")) from None

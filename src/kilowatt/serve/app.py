@@ -23,13 +23,12 @@ from typing import Any
 import numpy as np
 import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 import kilowatt
 from kilowatt.errors import KilowattError, Overloaded
 from kilowatt.serve.errors import BodyTooLarge, InvalidInput, UnknownModel, status_of
 from kilowatt.serve.fleet import Fleet
-from kilowatt.serve.metrics import CONTENT_TYPE_LATEST
 from kilowatt.serve.protocol import (
     Tensors,
     decode_oip,
@@ -312,13 +311,3 @@ def _build_api(front: ServeApp, admin: bool) -> FastAPI:
         return Response(body, status_code=status, media_type="application/json", headers=extra)
 
     return api
-
-
-def json_response(doc: Any, status: int = 200) -> JSONResponse:
-    """A JSON response (shared by the routes module)."""
-    return JSONResponse(doc, status_code=status)
-
-
-def metrics_response(server: InferenceServer) -> Response:
-    """The Prometheus exposition of the server's metrics."""
-    return Response(server.metrics.render(), media_type=CONTENT_TYPE_LATEST)

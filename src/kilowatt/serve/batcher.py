@@ -99,7 +99,8 @@ class Batcher:
         compute_timeout_s: a forward pass running longer fails its requests at once
             (``RequestTimeout``); the stuck pass itself cannot be interrupted.
         on_batch: called on the inference thread after each batch.
-        measure: optional ``(key) -> context`` returning joules; see ``ModelEngine``.
+        energy: optional ``(run) -> (run's result, joules or None)``, wrapping each
+            forward pass in a meter window (``EnergyWindows`` in ``engine``).
     """
 
     def __init__(

@@ -13,6 +13,7 @@ __all__ = [
     "QueueFull",
     "RequestTimeout",
     "UnknownModel",
+    "shed_reason_of",
     "status_of",
 ]
 
@@ -68,3 +69,20 @@ def status_of(error: BaseException) -> int:
     if isinstance(error, KilowattError):
         return 500
     return 500
+
+
+def shed_reason_of(error: BaseException) -> str | None:
+    """Why a request was refused without an answer (the ``reason`` label of the shed
+    counter), or None when it was not shed: a full queue, a deadline the queue cannot meet,
+    a version shutting down, or a model still loading."""
+    if isinstance(error, QueueFull):
+        return "queue_full"
+    if isinstance(error, DeadlineUnmeetable):
+        return "deadline"
+    if isinstance(error, EngineClosed):
+        return "closed"
+    if isinstance(error, ModelNotReady):
+        return "not_ready"
+    if isinstance(error, Overloaded):
+        return "overloaded"
+    return None

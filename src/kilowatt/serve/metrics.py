@@ -81,7 +81,7 @@ class ServeMetrics:
             ("model",), registry=reg, multiprocess_mode="livesum",
         )  # fmt: skip
         self.shed = Counter(
-            "kilowatt_serve_shed_requests", "Requests refused by admission control.",
+            "kilowatt_serve_shed_requests", "Requests refused without an answer, by cause.",
             ("model", "reason"), registry=reg,
         )  # fmt: skip
         self.cache_hits = Counter(

@@ -13,6 +13,7 @@ from fastapi.responses import Response
 import kilowatt
 from kilowatt.serve.errors import InvalidInput, UnknownModel
 from kilowatt.serve.fleet import apply_change
+from kilowatt.serve.metrics import CONTENT_TYPE_LATEST
 from kilowatt.spec.serve import ModelSpec
 
 if TYPE_CHECKING:
@@ -90,9 +91,7 @@ def add_routes(api: FastAPI, front: ServeApp, admin: bool) -> None:
 
     @api.get("/metrics", include_in_schema=True, summary="Prometheus metrics")
     def metrics() -> Response:
-        from kilowatt.serve.app import metrics_response
-
-        return metrics_response(server)
+        return Response(server.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def _infer(request: Request) -> Response:
         body = await request.body()

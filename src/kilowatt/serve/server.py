@@ -34,6 +34,7 @@ from kilowatt.serve.errors import (
     EngineClosed,
     InvalidInput,
     UnknownModel,
+    shed_reason_of,
     status_of,
 )
 from kilowatt.serve.handler import ModelHandler, load_handler
@@ -82,6 +83,9 @@ class ServeCallback:
 
     Subclass and override what you need; a failing callback is ignored, never fatal.
     """
+
+    def on_listening(self, url: str) -> None:
+        """The server's socket is bound at ``url`` (port 0 resolved); models load next."""
 
     def on_deploy(self, event: DeploymentEvent) -> None:
         """A version is loaded, warmed up and taking traffic."""
@@ -401,8 +405,8 @@ class InferenceServer:
             self._answered[labels] = self._answered.get(labels, 0) + 1
             return
         self.metrics.requests.labels(*labels, status).inc()
-        if status in ("429", "503"):
-            reason = "queue_full" if status == "429" else "deadline"
+        reason = shed_reason_of(error)
+        if reason is not None:
             self.metrics.shed.labels(labels[0], reason).inc()
 
     # -- shadow traffic ----------------------------------------------------------------

@@ -125,10 +125,10 @@ class ServeSpec(Spec):
         slo: latency objective and request timeout.
         cache_bytes: size of the response cache (LRU by version + input); 0 disables it.
         host: address to bind; 127.0.0.1 keeps the server private to the machine.
-        port: TCP port; 0 picks a free one.
+        port: TCP port; 0 lets the server bind a free one, which it announces on stderr.
         workers: server processes sharing the port.
-        threads_per_worker: torch CPU threads per process; ``None`` shares the cores left
-            after one per worker for its event loop.
+        threads_per_worker: torch CPU threads per process; ``None`` shares the cores
+            evenly between the workers (the event loop's parsing fits between passes).
         max_body_bytes: larger request bodies get 413.
         drain_timeout_s: on SIGTERM, how long in-flight requests may take to finish.
         backend: where it runs (``local`` or ``ray``, with Ray Serve autoscaling options).

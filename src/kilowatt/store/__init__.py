@@ -7,7 +7,7 @@ SQLite in ``KILOWATT_HOME`` by default (WAL mode), any SQLAlchemy URL via
     >>> with kilowatt.start_run(project="demo", params={"lr": 0.1}) as run:  # doctest: +SKIP
     ...     run.log_metrics({"loss": 0.5}, step=1)
     ...     run.log_artifact("model.pt")
-    >>> version = kilowatt.register_model(run, "demo-model", "model.pt")  # doctest: +SKIP
+    >>> version = kilowatt.register_model("demo", run=run, artifact="model.pt")  # doctest: +SKIP
     >>> kilowatt.lineage(version)  # doctest: +SKIP
 """
 
@@ -29,6 +29,7 @@ from kilowatt.store.records import (
     TokenInfo,
     VerifyReport,
 )
+from kilowatt.store.registry import is_model_ref
 from kilowatt.store.store import Store, open_store
 from kilowatt.store.tracking import ActiveRun, lineage, register_model, start_run
 
@@ -51,6 +52,7 @@ __all__ = [
     "TokenInfo",
     "VerifyReport",
     "WitnessedHead",
+    "is_model_ref",
     "lineage",
     "load_audit_key",
     "open_store",

@@ -20,7 +20,7 @@ from kilowatt.store._base import dumps, loads
 from kilowatt.store.lineage import LineageMixin, add_edge, delete_edges, downstream_of
 from kilowatt.store.records import Deployment, ModelVersion
 
-__all__ = ["ALIAS_PATTERN", "RegistryMixin", "parse_model_ref"]
+__all__ = ["ALIAS_PATTERN", "RegistryMixin", "is_model_ref", "parse_model_ref"]
 
 ALIAS_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _REGISTER_TRIES = 5
@@ -39,6 +39,19 @@ def parse_model_ref(ref: str) -> tuple[str, int | None, str | None]:
     if rest.isdigit():
         return name, int(rest), None
     return name, None, rest
+
+
+def is_model_ref(ref: str) -> bool:
+    """Whether ``ref`` could name a registered model (``name``, ``name:3``, ``name@alias``).
+
+    >>> is_model_ref("mlp@production"), is_model_ref("/tmp/mlp.pt")
+    (True, False)
+    """
+    try:
+        name, _, alias = parse_model_ref(ref)
+    except SpecError:
+        return False
+    return bool(_NAME_PATTERN.match(name)) and (alias is None or bool(ALIAS_PATTERN.match(alias)))
 
 
 def check_alias(alias: str) -> str:

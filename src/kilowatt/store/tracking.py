@@ -311,30 +311,33 @@ def start_run(
 
 
 def register_model(
-    run: ActiveRun | Run | str,
     name: str,
+    *,
+    run: ActiveRun | Run | str,
     artifact: str | Path,
     signature: Mapping[str, Any] | None = None,
     aliases: Iterable[str] = (),
-    *,
     settings: Settings | None = None,
 ) -> ModelVersion:
     """Register ``artifact`` of ``run`` as the next version of model ``name``.
 
     ``artifact`` is the name of an artifact logged on the run, or a local file, which is
-    logged first. Lineage records run -> model version.
+    logged first. Lineage records run -> model version. The arguments are those of
+    ``Store.register_model``, in the same order, with a run object or id for ``run``.
+
+    >>> version = kilowatt.register_model("digits", run=run, artifact="model.pt")  # doctest: +SKIP
     """
     if isinstance(run, ActiveRun):
-        return _register(run.store, run.id, name, artifact, signature, aliases)
+        return _register(run.store, name, run.id, artifact, signature, aliases)
     run_id = run.id if isinstance(run, Run) else run
     with open_store(settings) as store:
-        return _register(store, run_id, name, artifact, signature, aliases)
+        return _register(store, name, run_id, artifact, signature, aliases)
 
 
 def _register(
     store: Store,
-    run_id: str,
     name: str,
+    run_id: str,
     artifact: str | Path,
     signature: Mapping[str, Any] | None,
     aliases: Iterable[str],

@@ -25,7 +25,7 @@ from kilowatt.train.checkpoint import (
     CheckpointWarning,
     SaveReport,
 )
-from kilowatt.train.trainer import EXIT_PREEMPTED, Trainer, young_daly_interval_s
+from kilowatt.train.trainer import EXIT_PREEMPTED, Trainer
 
 __all__ = [
     "EXIT_PREEMPTED",
@@ -43,5 +43,4 @@ __all__ = [
     "SaveReport",
     "StepEvent",
     "Trainer",
-    "young_daly_interval_s",
 ]

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import os
 import pickle
-import signal
 import socket
 import tempfile
-import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from kilowatt.errors import BackendError
+from kilowatt.signals import handling_signals
 
 if TYPE_CHECKING:
     from kilowatt.train.callbacks import FitResult
@@ -81,7 +81,7 @@ def spawn_workers(trainer: Trainer) -> FitResult:
                 f"cannot send the trainer to worker processes ({exc}); with workers > 1 pass "
                 "module-level functions and picklable objects, not lambdas or closures"
             ) from None
-        with _ForwardSignals(context.processes):
+        with handling_signals(_forwarding_to(context.processes)):
             try:
                 while not context.join():
                     pass
@@ -92,24 +92,12 @@ def spawn_workers(trainer: Trainer) -> FitResult:
         return pickle.loads(Path(result_path).read_bytes())
 
 
-class _ForwardSignals:
-    """Pass SIGTERM/SIGINT on to the workers so they checkpoint together."""
+def _forwarding_to(processes: list[Any]) -> Callable[[int, Any], None]:
+    """A handler that passes SIGTERM/SIGINT on to the workers so they checkpoint together."""
 
-    def __init__(self, processes: list[Any]) -> None:
-        self._processes = processes
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            self._previous[signum] = signal.signal(signum, self._forward)
-
-    def __exit__(self, *exc_info: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def _forward(self, signum: int, frame: Any) -> None:
-        for process in self._processes:
+    def forward(signum: int, frame: Any) -> None:
+        for process in processes:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signum)
+
+    return forward

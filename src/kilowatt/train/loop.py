@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
+import os
+import resource
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from kilowatt.errors import SpecError
-from kilowatt.meter import EnergyMeter
-from kilowatt.spec.train import parse_interval
+from kilowatt.meter import EnergyMeter, PowerSampler
+from kilowatt.signals import handling_signals
+from kilowatt.spec.train import parse_interval, young_daly_interval_s
 from kilowatt.train.batches import BatchStream, eval_batches, move_to
 from kilowatt.train.callbacks import (
     CallbackRunner,
@@ -26,16 +27,12 @@ from kilowatt.train.callbacks import (
     ProgressCallback,
     StepEvent,
 )
+from kilowatt.train.checkpoint import CheckpointManager
 from kilowatt.train.sharding import full_state, load_full_state, wrap_fsdp
 from kilowatt.train.state import capture_rng, restore_rng, seed_everything
-from kilowatt.train.trainer import (
-    Trainer,
-    make_checkpoint_manager,
-    peak_memory_bytes,
-    resolve_device,
-    start_sampler,
-    young_daly_interval_s,
-)
+
+if TYPE_CHECKING:
+    from kilowatt.train.trainer import Trainer
 
 __all__ = ["Loop"]
 
@@ -67,19 +64,8 @@ class _Preemption:
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> _Preemption:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def _handle(self, signum: int, frame: Any) -> None:
+    def handle(self, signum: int, frame: Any) -> None:
         self.signum = signum
 
 
@@ -123,9 +109,14 @@ class Loop:
             self.model = self._wrap(self.raw_model)
         self.scheduler = self.t.scheduler(self.optimizer) if self.t.scheduler else None
         self.autocast, self.scaler = _precision(self.o.precision, self.device)
-        # The loss is summed where it lives and read only when logged: reading a device
+        # Found by profiling the per-step path: a disabled scaler, a move to the CPU of
+        # tensors already there, and an in-place add per step each cost a dispatch for
+        # nothing; they are skipped when they would do nothing.
+        self.scaling = self.scaler.is_enabled()
+        self.move_batches = self.device.type != "cpu"  # the loader yields CPU tensors
+        # The losses stay where they live and are read only when logged: reading a device
         # tensor every step would make the host wait for the device every step.
-        self.loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
+        self.losses: list[torch.Tensor] = []
         self.checkpoints = make_checkpoint_manager(self.t, self.rank, self.world_size)
         self.data = BatchStream(
             self.t.train_data,
@@ -200,7 +191,8 @@ class Loop:
         log_step, log_energy_j = self.step, self._energy_j()
         self.model.train()
         try:
-            with _Preemption() as preemption:
+            preemption = _Preemption()
+            with handling_signals(preemption.handle):
                 while self.step < self.o.steps:
                     self._train_step()
                     if self.step % self.o.log_every == 0 or self.step == self.o.steps:
@@ -237,35 +229,48 @@ class Loop:
 
     def _train_step(self) -> None:
         for micro in range(self.o.grad_accum):
-            batch = move_to(next(self.data), self.device)
-            last = micro == self.o.grad_accum - 1
-            # Gradients are all-reduced once per optimizer step, not per micro-batch.
-            skip_sync = not last and self.world_size > 1
-            with self.model.no_sync() if skip_sync else contextlib.nullcontext():
-                with self.autocast():
-                    loss = self.t.compute_loss(self.model, batch)
-                    if self.o.grad_accum > 1:  # one more autograd node only when it matters
-                        loss = loss / self.o.grad_accum
-                self.scaler.scale(loss).backward()
-            self.loss_sum.add_(loss.detach())
+            batch = next(self.data)
+            if self.move_batches:
+                batch = move_to(batch, self.device)
+            if micro < self.o.grad_accum - 1 and self.world_size > 1:
+                # Gradients are all-reduced once per optimizer step, not per micro-batch.
+                with self.model.no_sync():  # type: ignore[operator]
+                    loss = self._backward(batch)
+            else:
+                loss = self._backward(batch)
+            self.losses.append(loss.detach())
         if self.o.clip_grad_norm is not None:
-            self.scaler.unscale_(self.optimizer)
+            if self.scaling:
+                self.scaler.unscale_(self.optimizer)
             if self.sharded:  # each rank holds a shard; FSDP computes the global norm
                 self.model.clip_grad_norm_(self.o.clip_grad_norm)  # type: ignore[operator]
             else:
                 torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.o.clip_grad_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if self.scaling:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.scheduler is not None:
             self.scheduler.step()
         self.step += 1
         self.loss_count += 1
 
+    def _backward(self, batch: Any) -> torch.Tensor:
+        """Forward and backward of one micro-batch; its (scaled-down) loss."""
+        with self.autocast():
+            loss = self.t.compute_loss(self.model, batch)
+            if self.o.grad_accum > 1:  # one more autograd node only when it matters
+                loss = loss / self.o.grad_accum
+        (self.scaler.scale(loss) if self.scaling else loss).backward()
+        return loss
+
     def _log(self, steps: int, elapsed_s: float, energy_j: float | None) -> None:
         # Reading the loss is a device sync point, so it happens only every log_every steps.
-        self.last_loss = float(self.loss_sum) / max(1, self.loss_count)
-        self.loss_sum.zero_()
+        total = torch.stack(self.losses).sum() if self.losses else torch.zeros(())
+        self.last_loss = float(total) / max(1, self.loss_count)
+        self.losses.clear()
         self.loss_count = 0
         if self.rank != 0 or steps == 0:
             return
@@ -446,3 +451,44 @@ def _replace(obj: Any, **changes: Any) -> Any:
     import dataclasses
 
     return dataclasses.replace(obj, **changes)
+
+
+def resolve_device(option: str, rank: int) -> torch.device:
+    """``auto``: this rank's CUDA device if any, else CPU."""
+    if option == "cpu" or (option == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise SpecError("device: cuda was asked for but no CUDA device is visible; use auto")
+    local_rank = int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count()))
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak allocated CUDA memory, or this process's peak resident set on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
+
+
+def make_checkpoint_manager(
+    trainer: Trainer, rank: int, world_size: int, url: str | None = None
+) -> CheckpointManager:
+    """The checkpoint manager for this rank from the trainer's options (at ``url`` if given)."""
+    spec = trainer.options.checkpoint
+    keep_best = (spec.keep_best.metric, spec.keep_best.mode) if spec.keep_best else None
+    return CheckpointManager(
+        url or trainer.checkpoint_url,
+        mirror_url=None if url else spec.mirror_url,
+        keep_last=spec.keep_last,
+        keep_best=keep_best,
+        asynchronous=spec.asynchronous,
+        rank=rank,
+        world_size=world_size,
+        fs=None if url else trainer.checkpoint_fs,
+    )
+
+
+def start_sampler(meter: EnergyMeter | None) -> PowerSampler | None:
+    """A 1 s sampler keeping wrap-prone counters honest while the loop runs."""
+    return PowerSampler(meter, interval_s=1.0).start() if meter is not None else None

@@ -7,16 +7,13 @@ evaluation, early stop, checkpoints, exact resume, preemption and metering.
     >>> result = trainer.fit()  # doctest: +SKIP
     >>> result.samples_per_s, result.account.carbon_gco2e  # doctest: +SKIP
 
-The loop reads top to bottom in ``_Loop.run``: restore, then per step: micro-batches with
-``no_sync`` until the last, unscale and clip, step, schedule, then log, evaluate, checkpoint
-and check for preemption.
+The loop reads top to bottom in ``Loop.run`` (``kilowatt.train.loop``): restore, then per
+step: micro-batches with ``no_sync`` until the last, unscale and clip, step, schedule, then
+log, evaluate, checkpoint and check for preemption.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import resource
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,11 +23,10 @@ from pydantic import ValidationError
 from torch import nn
 
 from kilowatt.errors import SpecError
-from kilowatt.meter import Accountant, EnergyMeter, PowerSampler
+from kilowatt.meter import Accountant, EnergyMeter
 from kilowatt.spec import Settings, TrainOptions, format_validation_error
 from kilowatt.train.batches import LoaderFactory
 from kilowatt.train.callbacks import Callback, FitResult
-from kilowatt.train.checkpoint import CheckpointManager
 
 __all__ = ["EXIT_PREEMPTED", "Trainer"]
 
@@ -166,57 +162,3 @@ class Trainer:
         inputs, targets = batch
         assert self.loss_fn is not None  # one of the two is set, checked in __init__
         return self.loss_fn(model(inputs), targets)
-
-
-def resolve_device(option: str, rank: int) -> torch.device:
-    """``auto``: this rank's CUDA device if any, else CPU."""
-    if option == "cpu" or (option == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise SpecError("device: cuda was asked for but no CUDA device is visible; use auto")
-    local_rank = int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count()))
-    torch.cuda.set_device(local_rank)
-    return torch.device("cuda", local_rank)
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    """Peak allocated CUDA memory, or this process's peak resident set on CPU."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
-
-
-def young_daly_interval_s(cost_s: float, mtbf_s: float) -> float:
-    """Checkpoint interval minimising expected lost work: sqrt(2 x cost x MTBF) (Young),
-    less the cost itself when it is small against the MTBF (Daly's first-order correction).
-
-    >>> round(young_daly_interval_s(2.0, 3600.0), 1)
-    118.0
-    """
-    if cost_s <= 0:
-        return 0.0
-    interval_s = math.sqrt(2.0 * cost_s * mtbf_s)
-    return interval_s - cost_s if cost_s < mtbf_s / 2 else interval_s
-
-
-def make_checkpoint_manager(
-    trainer: Trainer, rank: int, world_size: int, url: str | None = None
-) -> CheckpointManager:
-    """The checkpoint manager for this rank from the trainer's options (at ``url`` if given)."""
-    spec = trainer.options.checkpoint
-    keep_best = (spec.keep_best.metric, spec.keep_best.mode) if spec.keep_best else None
-    return CheckpointManager(
-        url or trainer.checkpoint_url,
-        mirror_url=None if url else spec.mirror_url,
-        keep_last=spec.keep_last,
-        keep_best=keep_best,
-        asynchronous=spec.asynchronous,
-        rank=rank,
-        world_size=world_size,
-        fs=None if url else trainer.checkpoint_fs,
-    )
-
-
-def start_sampler(meter: EnergyMeter | None) -> PowerSampler | None:
-    """A 1 s sampler keeping wrap-prone counters honest while the loop runs."""
-    return PowerSampler(meter, interval_s=1.0).start() if meter is not None else None

@@ -20,9 +20,9 @@ SPEC = {
 def test_plan_returns_ranked_candidates_with_time_cost_energy(
     live_api: LiveApi, media_type: str
 ) -> None:
-    from kilowatt.plan import plan
+    from kilowatt.plan import make_plan
 
-    expected = plan(SPEC).recommendation
+    expected = make_plan(SPEC).recommendation
     body = yaml.safe_dump(SPEC) if "yaml" in media_type else None
     with live_api.client() as client:
         if body is None:

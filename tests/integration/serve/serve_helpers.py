@@ -1,14 +1,13 @@
-"""Helpers of the serving tests: in-process uvicorn on port 0, `kilowatt serve` processes,
-small models and a gated fake model."""
+"""Helpers of the serving tests: in-process uvicorn on port 0, `kilowatt serve` processes
+(through the same ``ServerProcess`` the quickstart uses), small models and a gated fake
+model."""
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import ssl
 import subprocess
-import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -17,13 +16,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import torch
 import uvicorn
 from prometheus_client import CollectorRegistry
 
 from kilowatt.serve import InferenceServer, ServeMetrics, create_app
+from kilowatt.serve.process import ServerProcess
 from kilowatt.spec import ModelSpec, ServeSpec
 
 REPO = Path(__file__).resolve().parents[3]
@@ -128,7 +127,9 @@ def metric(server: InferenceServer, name: str, **labels: str) -> float:
     return server.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-def free_port() -> int:
+def free_grpc_port() -> int:
+    """A free port for ``--grpc-port``: every worker binds that one port, so it is chosen
+    before the workers start (the HTTP port is picked by the server itself)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -138,48 +139,14 @@ def free_port() -> int:
 def serve_process(
     args: list[str], env: dict[str, str] | None = None, verify: ssl.SSLContext | bool = True
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Run ``kilowatt serve ARGS --port P`` and yield (base URL, process) once ready.
+    """Run ``kilowatt serve ARGS`` on the port it picks; yield (base URL, process) once ready.
 
     With ``--tls-cert`` in ARGS the URL is https, checked with the SSL context ``verify``.
     """
-    port = free_port()
-    command = [sys.executable, "-m", "kilowatt.cli.main", "serve", *args, "--port", str(port)]
-    process = subprocess.Popen(
-        command, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    scheme = "https" if "--tls-cert" in args else "http"
-    url = f"{scheme}://127.0.0.1:{port}"
-    try:
-        wait_ready(url, process, verify=verify)
-        yield url, process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
-        if process.stdout is not None:
-            process.stdout.close()
-
-
-def wait_ready(
-    url: str,
-    process: subprocess.Popen[bytes],
-    timeout_s: float = 90,
-    verify: ssl.SSLContext | bool = True,
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            output = process.stdout.read().decode() if process.stdout else ""
-            raise RuntimeError(f"kilowatt serve exited with {process.returncode}:\n{output}")
-        try:
-            ready = httpx.get(f"{url}/v2/health/ready", timeout=1, verify=verify)
-            if ready.status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)  # polling the health probe, not waiting for a guess
-    raise RuntimeError(f"{url} was not ready within {timeout_s} s")
+    with tempfile.TemporaryDirectory(prefix="kilowatt-serve-test-") as folder:
+        log_path = Path(folder) / "serve.log"
+        with ServerProcess(
+            args, log_path=log_path, env=env, ready_timeout_s=90, verify=verify
+        ) as server:
+            assert server.process is not None
+            yield server.endpoint, server.process

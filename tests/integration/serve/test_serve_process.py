@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import textwrap
@@ -65,7 +66,8 @@ def _wait(condition, timeout_s: float = 60) -> None:  # type: ignore[no-untyped-
 def test_sigterm_drains_every_admitted_request(tmp_path: Path) -> None:
     (tmp_path / "kw_held_model.py").write_text(HELD_MODEL)
     hold = tmp_path / "hold"
-    env = {"PYTHONPATH": str(tmp_path), "KW_TEST_HOLD_FILE": str(hold)}
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    env = {"PYTHONPATH": path, "KW_TEST_HOLD_FILE": str(hold)}
     args = ["kw_held_model:Held", "--name", "m", "--max-batch-size", "2", "--slo-ms", "60000"]
     with serve_process(args, env) as (url, process):
         hold.touch()
@@ -113,7 +115,7 @@ def test_serve_registry_version_records_the_deployment(tmp_path: Path) -> None:
     save_torchscript(small_mlp(), model_path)
     with kilowatt.start_run(project="serve-test") as run:
         run.log_artifact(model_path)
-        version = kilowatt.register_model(run, "mlp", "mlp.pt", aliases=["production"])
+        version = kilowatt.register_model("mlp", run=run, artifact="mlp.pt", aliases=["production"])
     sample = np.random.default_rng(0).standard_normal(16).astype(np.float32)
     with serve_process(["mlp@production"]) as (url, _):
         reply = httpx.post(f"{url}/v2/models/mlp/infer", json={
@@ -135,5 +137,8 @@ def test_serve_registry_version_records_the_deployment(tmp_path: Path) -> None:
         deployments = store.list_deployments("mlp")
         graph = store.lineage_of(store.get_model_version("mlp:1"))
     assert [(d.status, d.model_version_id) for d in running] == [("running", version.id)]
+    # the server picked its port (--port 0) and recorded the one it bound
+    assert running[0].endpoint == f"{url}/v2/models/mlp/versions/1"
+    assert urlsplit(url).port not in (None, 0)
     assert [d.status for d in deployments] == ["stopped"]
     assert ("deployment", str(deployments[0].id)) in graph.nodes

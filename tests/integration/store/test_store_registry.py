@@ -119,7 +119,7 @@ def test_lineage_runs_from_dataset_to_deployment(store: Store, tmp_path: Path) -
     with kilowatt.start_run(project="lin", store=store) as run:
         run.log_dataset("mnist", version="1", fingerprint="f" * 64, num_rows=60000)
         run.log_artifact(_file(tmp_path, "m.pt", b"w"))
-    version = kilowatt.register_model(run, "digits", "m.pt")
+    version = kilowatt.register_model("digits", run=run, artifact="m.pt")
     deployment = store.create_deployment("digits:1", "http://127.0.0.1:8000/v2/models/digits")
     graph = store.lineage_of(version)
     labels = {key: node.label for key, node in graph.nodes.items()}
@@ -186,7 +186,7 @@ def test_top_level_lineage_opens_the_configured_store(tmp_path: Path) -> None:
     weights = _file(tmp_path, "m.pt", b"w")
     with kilowatt.start_run(project="top") as run:
         run.log_dataset("iris", version="3", fingerprint="c" * 64)
-    kilowatt.register_model(run.id, "flowers", weights, aliases=["staging"])
+    kilowatt.register_model("flowers", run=run.id, artifact=weights, aliases=["staging"])
     graph = kilowatt.lineage("flowers@staging")
     assert sorted(node.label for node in graph.nodes.values() if node.kind != "run") == [
         "flowers:1",

@@ -16,16 +16,17 @@ SRC = Path(__file__).resolve().parents[3] / "src" / "kilowatt"
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "units": set(),
+    "signals": set(),
     "spec": {"errors"},
     "catalog": {"errors", "spec", "units"},
     "plan": {"errors", "spec", "units", "catalog"},
     "meter": {"errors", "spec", "units", "catalog"},
     "data": {"errors", "spec", "units"},
     "store": {"errors", "spec", "units"},
-    "train": {"errors", "spec", "units", "meter", "data"},
-    "serve": {"errors", "spec", "units", "meter"},
+    "train": {"errors", "spec", "units", "signals", "meter", "data"},
+    "serve": {"errors", "spec", "units", "signals", "meter"},
     "bench": {"errors", "spec", "units", "plan", "meter", "serve"},
-    "backends": {"errors", "spec", "units", "train", "serve", "meter", "store", "data"},
+    "backends": {"errors", "spec", "units", "signals", "train", "serve", "meter", "store", "data"},
     "api": {"errors", "spec", "units", "catalog", "plan", "meter", "store", "backends"},
     "ops": {"errors", "spec", "units", "catalog", "store"},
 }
@@ -86,3 +87,65 @@ def test_light_modules_import_without_torch(module: str) -> None:
     code = f"import sys, {module}; print('torch' in sys.modules, 'sqlalchemy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _runtime_imports(path: Path, modules: set[str]) -> set[str]:
+    """Modules of kilowatt that ``path`` imports when it runs, at the top or in a function
+    (imports under ``if TYPE_CHECKING:`` never run, so they cannot close a cycle)."""
+    tree = ast.parse(path.read_text())
+    typing_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for statement in node.body
+        for inner in ast.walk(statement)
+    }
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1]
+            module = ".".join([*base, node.module or ""]) if node.level else node.module or ""
+            # ``from kilowatt.serve import routes`` imports the module kilowatt.serve.routes
+            found |= {f"{module}.{a.name}" if f"{module}.{a.name}" in modules else module
+                      for a in node.names}  # fmt: skip
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+    return (found & modules) - {name}
+
+
+def _cycles_within_packages() -> list[list[str]]:
+    paths = {
+        _module_name(path): path
+        for path in SRC.rglob("*.py")
+        if "migrations" not in path.parts  # Alembic's scripts, never imported by kilowatt
+    }
+    graph = {name: _runtime_imports(path, set(paths)) for name, path in paths.items()}
+    top = {name: ".".join(name.split(".")[:2]) for name in graph}
+    cycles = []
+    for start in sorted(graph):  # a depth-first walk from each module back to itself
+        stack = [(start, [start])]
+        while stack:
+            node, trail = stack.pop()
+            for nxt in sorted(graph[node]):
+                if top[nxt] != top[start]:
+                    continue
+                if nxt == start and min(trail) == start:  # each cycle once
+                    cycles.append(trail)
+                elif nxt not in trail and nxt > start:
+                    stack.append((nxt, [*trail, nxt]))
+    return cycles
+
+
+def test_no_package_has_an_import_cycle() -> None:
+    # A cycle makes import order matter and hides which module owns a helper: move the
+    # helper to the module that uses it, or to a leaf module both import.
+    assert _cycles_within_packages() == []

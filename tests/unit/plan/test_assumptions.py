@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kilowatt.catalog import load_catalog
-from kilowatt.plan import Calibration, plan
+from kilowatt.plan import Calibration, make_plan
 
 MODEL = {"params": 1.0e9, "layers": 16, "hidden": 2048, "heads": 16, "seq_len": 2048}
 NO_DEFAULT = """
@@ -33,9 +33,9 @@ def _spec(**train: object) -> dict[str, object]:
 
 
 def test_a_spec_without_a_batch_states_the_assumed_one() -> None:
-    result = plan(_spec(), calibration=Calibration())
+    result = make_plan(_spec(), calibration=Calibration())
     assert "Assumed: a global batch of 1,048,576 tokens per step" in result.explanation[-1]
-    given = plan(_spec(global_batch_tokens=2**21), calibration=Calibration())
+    given = make_plan(_spec(global_batch_tokens=2**21), calibration=Calibration())
     assert not any(line.startswith("Assumed: a global batch") for line in given.explanation)
 
 
@@ -44,7 +44,7 @@ def test_an_accelerator_without_a_default_says_what_was_assumed(tmp_path: Path) 
     extra.write_text(NO_DEFAULT)
     catalog = load_catalog(extra_files=[extra])
     spec = {**_spec(), "constraints": {"instances": ["newchip-8"], "max_accelerators": 8}}
-    result = plan(spec, catalog=catalog, calibration=Calibration())
+    result = make_plan(spec, catalog=catalog, calibration=Calibration())
     assumed = [line for line in result.explanation if line.startswith("Assumed 40%")]
     assert assumed == [
         "Assumed 40% of peak for newchip, whose catalog entry gives no mfu_default; "

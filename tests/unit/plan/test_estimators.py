@@ -17,7 +17,6 @@ from kilowatt.plan.time import (
     exposed_comm_s,
     pipeline_bubble_fraction,
     time_with_preemptions_s,
-    young_daly_interval_s,
 )
 from kilowatt.spec.plan import PlanModel, TrainingWorkload
 
@@ -86,9 +85,9 @@ def test_pipeline_bubble() -> None:
 
 
 def test_young_daly_interval_and_spot_overhead() -> None:
-    # C = 60 s, M = 10 h: sqrt(2 x 60 x 36000) = 2078.5 s
-    assert young_daly_interval_s(60.0, 1 / 36000) == pytest.approx(2078.46, rel=1e-4)
+    # C = 60 s, M = 10 h: sqrt(2 x 60 x 36000) - 60 = 2018.5 s (Young with Daly's correction)
     wall, tau = time_with_preemptions_s(36000.0, 60.0, 1 / 36000, 600.0)
+    assert tau == pytest.approx(2018.46, rel=1e-4)
     overhead = 60.0 / tau + (tau / 2 + 600.0) / 36000
     assert wall == pytest.approx(36000.0 / (1 - overhead))
     # no preemptions: no overhead and no interval

@@ -112,9 +112,9 @@ def test_a_request_longer_than_the_kv_cache_is_infeasible() -> None:
 
 
 def test_a_serving_plan_reports_the_simulated_latency_percentiles() -> None:
-    from kilowatt.plan import plan
+    from kilowatt.plan import make_plan
 
-    result = plan(
+    result = make_plan(
         {
             "model": {"params": 7e9, "layers": 32, "hidden": 4096, "heads": 32, "seq_len": 4096},
             "serve": {"requests_per_s": 5, "p99_latency_s": 30},

@@ -7,7 +7,7 @@ import pytest
 
 from kilowatt.catalog import load_catalog
 from kilowatt.errors import CatalogLookupError
-from kilowatt.plan import plan
+from kilowatt.plan import make_plan
 from kilowatt.plan.ownership import buy_vs_rent, ownership_cost
 from kilowatt.spec.plan import Ownership
 
@@ -80,7 +80,7 @@ def test_one_gpu_instances_are_scaled_to_the_systems_eight() -> None:
 
 
 def test_plan_shows_break_even_for_each_cloud_option() -> None:
-    result = plan(
+    result = make_plan(
         {
             "model": {"params": 7e9, "layers": 32, "hidden": 4096, "heads": 32, "seq_len": 4096},
             "serve": {"requests_per_s": 2, "p99_latency_s": 30},

@@ -11,7 +11,8 @@ import pytest
 
 from kilowatt.catalog import Accelerator, Catalog, Instance, Region
 from kilowatt.errors import CatalogLookupError, PlanInfeasible, SpecError
-from kilowatt.plan import Calibration, PlanResult, TrainOption, plan, record_measurement
+from kilowatt.plan import Calibration, PlanResult, TrainOption, make_plan, record_measurement
+from kilowatt.spec.train import young_daly_interval_s
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "plans"
 TODAY = dt.date(2026, 1, 1)
@@ -75,27 +76,27 @@ def _top(result: PlanResult) -> TrainOption:
 
 def test_time_objective_picks_the_fastest_fleet(tiny: Catalog) -> None:
     # big-8 brings 8 x 1000 TFLOP/s per node, small-1 100: big wins on time.
-    result = plan(_spec(objective="time"), catalog=tiny, calibration=Calibration())
+    result = make_plan(_spec(objective="time"), catalog=tiny, calibration=Calibration())
     assert _top(result).accelerator == "big"
     assert result.plans == sorted(result.plans, key=lambda p: p.time_s)
 
 
 def test_cost_objective_picks_the_cheapest_flops(tiny: Catalog) -> None:
     # small: $1/h for 40 effective TFLOP/s; big: $12.5/h per GPU for 400 -> small is cheaper.
-    result = plan(_spec(objective="cost"), catalog=tiny, calibration=Calibration())
+    result = make_plan(_spec(objective="cost"), catalog=tiny, calibration=Calibration())
     assert _top(result).accelerator == "small"
     assert result.plans == sorted(result.plans, key=lambda p: p.cost_usd)
 
 
 def test_carbon_objective_moves_to_the_clean_grid(tiny: Catalog) -> None:
     # Only big-8 is offered in the 50 g/kWh region, a tenth of the other grid.
-    result = plan(_spec(objective="carbon"), catalog=tiny, calibration=Calibration())
+    result = make_plan(_spec(objective="carbon"), catalog=tiny, calibration=Calibration())
     assert (_top(result).instance, _top(result).region) == ("big-8", "green")
 
 
 def test_single_node_time_matches_hand_computation(tiny: Catalog) -> None:
     spec = _spec(constraints={"instances": ["small-1"], "max_accelerators": 1}, top=1)
-    top = _top(plan(spec, catalog=tiny, calibration=Calibration()))
+    top = _top(make_plan(spec, catalog=tiny, calibration=Calibration()))
     flops = (6 * 1e8 + 6 * 12 * 1024 * 768) * 1e10
     steps = round(1e10 / 2**19 + 0.5)
     # one accelerator at 40% of 100 TFLOP/s on wide matrices, times the width share of a
@@ -110,7 +111,7 @@ def test_single_node_time_matches_hand_computation(tiny: Catalog) -> None:
 
 def test_deadline_rejects_slow_plans_and_says_so(tiny: Catalog) -> None:
     spec = _spec(objective="cost", constraints={"deadline_h": 10})
-    result = plan(spec, catalog=tiny, calibration=Calibration())
+    result = make_plan(spec, catalog=tiny, calibration=Calibration())
     assert result.rejected_by_reason["deadline"] > 0
     assert all(p.time_s <= 10 * 3600 for p in result.plans)
     assert any("by deadline" in line for line in result.explanation)
@@ -119,12 +120,12 @@ def test_deadline_rejects_slow_plans_and_says_so(tiny: Catalog) -> None:
 def test_model_that_fits_nowhere_is_infeasible(tiny: Catalog) -> None:
     huge = _spec(model={"params": 1e13}, parallelism={"zero_stages": [0]})
     with pytest.raises(PlanInfeasible, match=r"were rejected \(\d+ by memory") as info:
-        plan(huge, catalog=tiny, calibration=Calibration())
+        make_plan(huge, catalog=tiny, calibration=Calibration())
     assert "To fix: allow sharding" in str(info.value)
 
 
 def test_max_accelerators_excludes_big_instances(tiny: Catalog) -> None:
-    result = plan(
+    result = make_plan(
         _spec(constraints={"max_accelerators": 4}), catalog=tiny, calibration=Calibration()
     )
     assert {p.instance for p in result.plans} == {"small-1"}
@@ -133,25 +134,25 @@ def test_max_accelerators_excludes_big_instances(tiny: Catalog) -> None:
 
 def test_unknown_names_in_constraints_suggest_fixes(tiny: Catalog) -> None:
     with pytest.raises(CatalogLookupError, match=r"unknown accelerator 'bigg'.*Did you mean big"):
-        plan(_spec(constraints={"accelerators": ["bigg"]}), catalog=tiny)
+        make_plan(_spec(constraints={"accelerators": ["bigg"]}), catalog=tiny)
     with pytest.raises(SpecError, match=r"unknown cloud\(s\) \['aws'\]"):
-        plan(_spec(constraints={"clouds": ["aws"]}), catalog=tiny, calibration=Calibration())
+        make_plan(_spec(constraints={"clouds": ["aws"]}), catalog=tiny, calibration=Calibration())
 
 
 def test_calibration_replaces_the_default_mfu(tiny: Catalog) -> None:
     spec = _spec(constraints={"instances": ["small-1"], "max_accelerators": 1})
-    default = _top(plan(spec, catalog=tiny, calibration=Calibration()))
+    default = _top(make_plan(spec, catalog=tiny, calibration=Calibration()))
     measured = Calibration().with_measurement("small", "transformer", 0.2)
-    calibrated = _top(plan(spec, catalog=tiny, calibration=measured))
+    calibrated = _top(make_plan(spec, catalog=tiny, calibration=measured))
     assert (calibrated.mfu, calibrated.mfu_source) == (0.2, "calibration")
     assert calibrated.compute_s_per_step == pytest.approx(2 * default.compute_s_per_step)
     # an MFU in the spec wins over both
-    forced = _top(plan(_spec(train={"mfu": 0.1}), catalog=tiny, calibration=measured))
+    forced = _top(make_plan(_spec(train={"mfu": 0.1}), catalog=tiny, calibration=measured))
     assert (forced.mfu, forced.mfu_source) == (0.1, "spec")
 
 
 def test_json_output_round_trips(tiny: Catalog) -> None:
-    result = plan(_spec(), catalog=tiny, calibration=Calibration())
+    result = make_plan(_spec(), catalog=tiny, calibration=Calibration())
     again = PlanResult.model_validate_json(result.model_dump_json())
     assert again == result
 
@@ -163,7 +164,7 @@ def test_serving_latency_objective_that_nothing_meets(tiny: Catalog) -> None:
         "serve": {"requests_per_s": 10, "p99_latency_s": 0.01, "output_tokens": 100},
     }
     with pytest.raises(PlanInfeasible, match=r"no configuration serves 'chat'.*by latency"):
-        plan(spec, catalog=tiny, calibration=Calibration())
+        make_plan(spec, catalog=tiny, calibration=Calibration())
 
 
 def test_serving_sizes_replicas_for_the_rate(tiny: Catalog) -> None:
@@ -172,7 +173,7 @@ def test_serving_sizes_replicas_for_the_rate(tiny: Catalog) -> None:
         "model": {"params": 7e9, "layers": 32, "hidden": 4096, "heads": 32, "seq_len": 4096},
         "serve": {"requests_per_s": 50, "p99_latency_s": 5, "output_tokens": 100},
     }
-    result = plan(spec, catalog=tiny, calibration=Calibration())
+    result = make_plan(spec, catalog=tiny, calibration=Calibration())
     for option in result.plans:
         assert option.latency_p99_s <= 5
         capacity = option.replicas * option.requests_per_s_per_replica * 0.7
@@ -190,12 +191,12 @@ def test_every_example_plans() -> None:
         "small-cnn-cpu.yaml",
     ]
     for name in names:
-        result = plan(EXAMPLES / name)
+        result = make_plan(EXAMPLES / name)
         assert result.plans and result.explanation
 
 
 def test_2b_example_needs_40_to_80_gb_parts_and_prices_spot_and_mixed() -> None:
-    result = plan(EXAMPLES / "2b-transformer.yaml")
+    result = make_plan(EXAMPLES / "2b-transformer.yaml")
     top = _top(result)
     # an unsharded replica is ~34 GiB: more than 24 GB parts hold, less than 40 GB ones
     assert 24 * 0.9 < result.workload["replica_memory_gib"] <= 40 * 0.9
@@ -208,11 +209,11 @@ def test_2b_example_needs_40_to_80_gb_parts_and_prices_spot_and_mixed() -> None:
 
 def test_cpu_plan_uses_calibration_from_kilowatt_home(clean_environment: Path) -> None:
     spec = EXAMPLES / "small-cnn-cpu.yaml"
-    before = _top(plan(spec))
+    before = _top(make_plan(spec))
     assert (before.instance, before.mfu_source) == ("local-cpu", "catalog default")
     record_measurement(None, "cpu", "cnn", achieved_flops=0.4e12, peak_flops=0.8e12)
     assert (clean_environment / "calibration.json").exists()
-    after = _top(plan(spec))
+    after = _top(make_plan(spec))
     assert (after.mfu, after.mfu_source) == (0.5, "calibration")
     # 0.5 instead of the 0.25 default halves the compute time
     assert after.compute_s_per_step == pytest.approx(before.compute_s_per_step / 2)
@@ -221,7 +222,7 @@ def test_cpu_plan_uses_calibration_from_kilowatt_home(clean_environment: Path) -
 @pytest.mark.parametrize("pricing", ["spot", "mixed", "committed"])
 def test_pricing_basis_sets_time_and_cost(tiny: Catalog, pricing: str) -> None:
     spec = _spec(constraints={"instances": ["big-8"], "pricing": pricing}, top=1)
-    top = _top(plan(spec, catalog=tiny, calibration=Calibration()))
+    top = _top(make_plan(spec, catalog=tiny, calibration=Calibration()))
     basis = {
         "spot": (top.time_spot_s, top.costs.spot_usd),
         "mixed": (top.time_s, top.costs.mixed_usd),  # between the two, checked below
@@ -232,9 +233,9 @@ def test_pricing_basis_sets_time_and_cost(tiny: Catalog, pricing: str) -> None:
     # preemptions only ever lengthen a run; half the fleet on spot sees half the rate
     assert top.time_on_demand_s <= top.time_s <= top.time_spot_s
     if pricing == "spot":
-        # Young/Daly: sqrt(2 x checkpoint / preemption rate of the whole fleet)
+        # Young/Daly over the preemption rate of the whole fleet: the trainer's rule too
         nodes_rate = top.nodes * 0.01 / 3600
         checkpoint_s = 12 * 1e8 / (top.nodes * 1e9)
         assert top.spot_checkpoint_interval_s == pytest.approx(
-            (2 * checkpoint_s / nodes_rate) ** 0.5
+            young_daly_interval_s(checkpoint_s, 1 / nodes_rate)
         )

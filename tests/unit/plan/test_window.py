@@ -10,7 +10,7 @@ import pytest
 
 from kilowatt.catalog.forecast import HourlyForecast, load_forecast_csv
 from kilowatt.errors import CatalogError, PlanInfeasible, SpecError
-from kilowatt.plan import plan
+from kilowatt.plan import make_plan
 from kilowatt.plan.window import best_window, window_footprint
 
 T0 = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
@@ -136,7 +136,7 @@ def test_plan_with_a_schedule_picks_the_window_and_says_the_saving(tmp_path: Pat
         "constraints": {"instances": ["local-cpu"]},
         "schedule": {"forecast_csv": str(csv), "deadline": _hours(23).isoformat()},
     }
-    result = plan(spec, now=_hours(2))
+    result = make_plan(spec, now=_hours(2))
     assert result.schedule is not None
     assert result.recommendation.time_s < 4 * 3600  # fits within the 4-hour dip
     assert result.schedule.start == _hours(12).isoformat()
@@ -153,4 +153,4 @@ def test_schedule_needs_exactly_one_forecast() -> None:
         "schedule": {"deadline": "2026-12-01T10:00:00Z"},
     }
     with pytest.raises(SpecError, match="exactly one of forecast_csv or forecast_zone"):
-        plan(spec)
+        make_plan(spec)

@@ -12,13 +12,16 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from kilowatt.serve import (
+    DeadlineUnmeetable,
     DeploymentEvent,
+    EngineClosed,
     InferenceServer,
     InvalidInput,
     ServeCallback,
     ServeMetrics,
     UnknownModel,
 )
+from kilowatt.serve.errors import ModelNotReady
 from kilowatt.spec import ModelSpec, ServeSpec
 
 
@@ -85,6 +88,28 @@ def test_wrong_shape_and_dtype_are_invalid_input() -> None:
     with pytest.raises(InvalidInput, match="datatype int64 does not match"):
         asyncio.run(server.infer("m", np.zeros(2, dtype=np.int64)))
     assert _metric(server, "kilowatt_serve_requests_total", model="m", version="1", status="400")
+    server.close()
+
+
+def test_refusals_are_counted_by_their_cause() -> None:
+    shed = "kilowatt_serve_shed_requests_total"
+    server = _server(ModelSpec(name="m", source="scale:1"))
+    engine = server.engine("m")
+    with pytest.raises(DeadlineUnmeetable):  # a deadline already past cannot be met
+        asyncio.run(server.infer("m", _sample(), deadline_s=-1.0))
+    engine.ready = False  # as while a version still loads
+    with pytest.raises(ModelNotReady):
+        asyncio.run(server.infer("m", _sample()))
+    engine.ready = True
+    engine.close()  # the version shuts down while it is still routed to
+    with pytest.raises(EngineClosed):
+        asyncio.run(server.infer("m", _sample()))
+    counted = {
+        reason: _metric(server, shed, model="m", reason=reason)
+        for reason in ("deadline", "not_ready", "closed", "queue_full")
+    }
+    assert counted == {"deadline": 1, "not_ready": 1, "closed": 1, "queue_full": 0}
+    assert _metric(server, "kilowatt_serve_requests_total", model="m", version="1", status="503")
     server.close()
 
 

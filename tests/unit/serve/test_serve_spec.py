@@ -54,3 +54,22 @@ def test_explicit_threads_win() -> None:
 def test_invalid_specs_name_the_problem(data: dict, message: str) -> None:
     with pytest.raises(SpecError, match=message):
         load_spec(ServeSpec, data)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"port": -1}, r"port: Input should be greater than or equal to 0 \(got -1\)"),
+        ({"prot": 8080}, r"prot: unknown key; remove it or check its spelling"),
+        ({"batching": {"max_batch_size": 0}}, r"batching.max_batch_size: Input should be"),
+    ],
+)
+@pytest.mark.parametrize("model", ["m.pt", ServeSpec(models=[MODEL])])
+def test_run_server_validates_its_settings_before_serving(
+    model: str | ServeSpec, settings: dict, message: str
+) -> None:
+    import kilowatt
+
+    # Each call fails on validation, before a model is read or a socket bound.
+    with pytest.raises(SpecError, match=rf"run_server settings: invalid spec.*\n.*{message}"):
+        kilowatt.run_server(model, **settings)

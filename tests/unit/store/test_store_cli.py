@@ -31,7 +31,7 @@ def _model(store: Store, tmp_path: Path) -> str:
     with kilowatt.start_run(project="cli", params={"lr": 0.1}, store=store) as run:
         run.log_dataset("mnist", version="2", fingerprint="ab" * 32)
         run.log_metrics({"loss": 0.25}, step=3)
-    kilowatt.register_model(run, "digits", weights)
+    kilowatt.register_model("digits", run=run, artifact=weights)
     return run.id
 
 

@@ -18,7 +18,6 @@ from kilowatt.errors import SpecError
 from kilowatt.meter import Accountant, CounterReader, EnergyMeter
 from kilowatt.train import Callback, CheckpointWarning, StepEvent, Trainer
 from kilowatt.train.metrics import PrometheusCallback
-from kilowatt.train.trainer import young_daly_interval_s
 
 
 def _trainer(ckpt: Path | str, **options: Any) -> Trainer:
@@ -335,18 +334,6 @@ def test_training_step_and_loader_factory(tmp_path: Path) -> None:
     )
     result = trainer.fit()
     assert result.steps == 40 and result.final_loss < 1.0
-
-
-@pytest.mark.parametrize(
-    ("cost_s", "mtbf_s", "expected_s"),
-    [
-        (2.0, 3600.0, 118.0),  # sqrt(2*2*3600) - 2
-        (10.0, 7200.0, 369.47),  # sqrt(2*10*7200) - 10
-        (3000.0, 3600.0, 4647.58),  # cost beyond MTBF/2: no correction
-    ],
-)
-def test_young_daly_interval(cost_s: float, mtbf_s: float, expected_s: float) -> None:
-    assert young_daly_interval_s(cost_s, mtbf_s) == pytest.approx(expected_s, abs=0.01)
 
 
 def test_fsdp_on_cpu_asks_for_cuda_or_ddp() -> None:

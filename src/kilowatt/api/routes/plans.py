@@ -82,11 +82,11 @@ async def submit_plan(request: Request, _: Principal = require(Role.viewer)) -> 
     the catalog only and stores nothing, so viewers may plan. ``candidates`` is the ranked
     summary the dashboard draws; ``result`` is the planner's full answer.
     """
-    from kilowatt.plan import plan
+    from kilowatt.plan import make_plan
 
     body = await read_limited_body(request)
     spec = _parse_spec(body, request.headers.get("content-type", ""))
-    result = await run_in_threadpool(plan, spec)  # the search is CPU-bound: off the loop
+    result = await run_in_threadpool(make_plan, spec)  # the search is CPU-bound: off the loop
     return {
         "kind": result.kind,
         "objective": result.objective,

@@ -1,6 +1,6 @@
 """The quickstart pipeline: plan, train, register, serve and load-test, report.
 
-Each step composes kilowatt's public pieces: ``kilowatt.plan``, ``kilowatt.Trainer`` (via
+Each step composes kilowatt's public pieces: ``kilowatt.make_plan``, ``kilowatt.Trainer`` (via
 the spec's entry points) with the store-backed recorder, ``kilowatt.register_model``,
 ``kilowatt serve`` as a child process, the load generator of ``kilowatt.bench``.
 """
@@ -24,7 +24,6 @@ from kilowatt.cli.quickstart.report import (
     training_rows,
 )
 from kilowatt.cli.quickstart.serving import (
-    ServerProcess,
     ServingOutcome,
     load_test,
     predict_one,
@@ -133,9 +132,9 @@ class _StageClock:
 
 def _plan(spec: Any, catalog: Any, settings: Settings) -> Any:
     from kilowatt.cli.plan_cmd import render_plan
-    from kilowatt.plan import load_calibration, plan
+    from kilowatt.plan import load_calibration, make_plan
 
-    result = plan(
+    result = make_plan(
         spec, catalog=catalog, calibration=load_calibration(settings.home / "calibration.json")
     )
     render_plan(result)
@@ -145,6 +144,7 @@ def _plan(spec: Any, catalog: Any, settings: Settings) -> Any:
 def _serve(
     training: TrainingOutcome, workload: Any, run_dir: Path, load_s: float, console: Any
 ) -> ServingOutcome:
+    from kilowatt.serve.process import ServerProcess
     from kilowatt.store import open_store
 
     def started(pid: int, endpoint: str) -> None:
@@ -154,7 +154,8 @@ def _serve(
         )
 
     pixels, truth = workload.module.example_request()
-    server = ServerProcess(training.model_ref, run_dir / "serve.log", on_start=started)
+    args = [training.model_ref, "--host", "127.0.0.1", "--threads", "1", "--max-batch-size", "32"]
+    server = ServerProcess(args, log_path=run_dir / "serve.log", on_start=started)
     with server:
         answer = predict_one(server.endpoint, pixels)
         console.print(f"load test: 1 and 8 concurrent clients, {load_s:g} s each")

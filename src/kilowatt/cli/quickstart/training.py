@@ -177,7 +177,7 @@ def _register(run: Any, model: Any, workload: Workload, accuracy: float, registe
         "outputs": "10 logits, one per digit",
         "accuracy": accuracy,
     }
-    return register(run, MODEL_NAME, _ARTIFACT, signature=signature)
+    return register(MODEL_NAME, run=run, artifact=_ARTIFACT, signature=signature)
 
 
 def _calibrate(workload: Workload, result: Any, catalog: Any, settings: Settings) -> Any:
