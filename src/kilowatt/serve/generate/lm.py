@@ -1,0 +1,269 @@
+"""Causal language models behind one step interface the engine drives.
+
+Two runners:
+
+- ``PagedRunner`` serves kilowatt's own decoder with a real paged KV cache: one pool of
+  blocks per layer, attention reading each sequence's keys through its block table.
+- ``HFRunner`` serves any ``transformers`` causal LM from a local folder. Its attention is
+  the library's, so the cache is kept per sequence and gathered per step: decoding
+  sequences are left-padded to one batch (attention mask and position ids say where each
+  starts) and split back afterwards; prompt chunks run one sequence at a time. The block
+  manager still budgets its memory in blocks of tokens.
+
+Both return the logits at each sequence's last new token.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from kilowatt.errors import ServeError
+from kilowatt.serve.errors import InvalidInput
+from kilowatt.serve.generate.blocks import BlockManager
+from kilowatt.serve.generate.tinygpt import MODEL_TYPE, ByteTokenizer, TinyGPT, load_tiny_gpt
+
+__all__ = ["HFRunner", "LMRunner", "PagedRunner", "StepInput", "load_runner", "looks_generative"]
+
+
+@dataclass(frozen=True)
+class StepInput:
+    """One sequence's share of a step: ``tokens`` fed at positions ``start, start+1, ...``."""
+
+    seq_id: str
+    tokens: list[int]
+    start: int
+
+
+class LMRunner(Protocol):
+    """What the engine needs of a model."""
+
+    name: str
+    context: int
+    tokenizer: Any
+    kv_bytes_per_token: int
+    parameters: int
+
+    def step(self, work: list[StepInput], blocks: BlockManager) -> torch.Tensor:
+        """Run one step; logits [len(work), vocab] at each sequence's last new token."""
+        ...
+
+    def release(self, seq_id: str) -> None:
+        """Forget what the runner keeps for ``seq_id`` (its blocks are the manager's)."""
+        ...
+
+
+def looks_generative(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a causal LM this package can serve (kilowatt's or HF's)."""
+    config = Path(folder) / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        raw = json.loads(config.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if raw.get("model_type") == MODEL_TYPE:
+        return True
+    return any(
+        str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in raw.get("architectures", [])
+    )
+
+
+def load_runner(
+    folder: str | Path, *, num_blocks: int, block_size: int, name: str | None = None
+) -> LMRunner:
+    """Load the causal LM in ``folder`` (nothing is downloaded) and its tokenizer."""
+    path = Path(folder)
+    if not looks_generative(path):
+        raise ServeError(
+            f"{path} is not a causal language model folder (no config.json naming a "
+            "*ForCausalLM architecture or kilowatt-tinygpt); train one with "
+            "`kilowatt generate train DIR` or point at a transformers model folder"
+        )
+    label = name or path.resolve().name
+    if json.loads((path / "config.json").read_text()).get("model_type") == MODEL_TYPE:
+        return PagedRunner(load_tiny_gpt(path), num_blocks, block_size, name=label)
+    return HFRunner.from_folder(path, name=label)
+
+
+class PagedRunner:
+    """kilowatt's decoder over a paged KV cache of ``num_blocks`` x ``block_size`` slots."""
+
+    def __init__(self, model: TinyGPT, num_blocks: int, block_size: int, name: str) -> None:
+        cfg = model.cfg
+        self.model = model
+        self.name = name
+        self.context = cfg.context
+        self.tokenizer = ByteTokenizer()
+        dtype = next(model.parameters()).dtype
+        shape = (cfg.n_layer, num_blocks * block_size, cfg.n_head, cfg.head_dim)
+        self.k_cache = torch.zeros(shape, dtype=dtype)
+        self.v_cache = torch.zeros(shape, dtype=dtype)
+        self.kv_bytes_per_token = 2 * cfg.n_layer * cfg.n_embd * self.k_cache.element_size()
+        self.parameters = sum(p.numel() for p in model.parameters())
+
+    def step(self, work: list[StepInput], blocks: BlockManager) -> torch.Tensor:
+        from kilowatt.serve.generate.tinygpt import PagedBatch
+
+        width = max(len(w.tokens) for w in work)
+        context = max(w.start + len(w.tokens) for w in work)
+        tokens = torch.zeros((len(work), width), dtype=torch.long)
+        positions = torch.zeros((len(work), width), dtype=torch.long)
+        read_slots = torch.zeros((len(work), context), dtype=torch.long)
+        mask = torch.zeros((len(work), 1, width, context), dtype=torch.bool)
+        mask[..., 0] = True  # padded query rows attend something, so no row is all -inf
+        write_slots, write_index, last = [], [], []
+        for row, item in enumerate(work):
+            n, end = len(item.tokens), item.start + len(item.tokens)
+            tokens[row, :n] = torch.tensor(item.tokens)
+            positions[row, :n] = torch.arange(item.start, end)
+            read_slots[row, :end] = torch.tensor([blocks.slot(item.seq_id, p) for p in range(end)])
+            causal = torch.ones((n, end), dtype=torch.bool).tril(diagonal=item.start)
+            mask[row, 0, :n, :end] = causal
+            write_slots.extend(read_slots[row, item.start : end].tolist())
+            write_index.extend(range(row * width, row * width + n))
+            last.append(n - 1)
+        batch = PagedBatch(
+            tokens=tokens,
+            positions=positions,
+            write_slots=torch.tensor(write_slots),
+            write_index=torch.tensor(write_index),
+            read_slots=read_slots,
+            mask=mask,
+            last=torch.tensor(last),
+        )
+        with torch.inference_mode():
+            return self.model.forward_paged(batch, self.k_cache, self.v_cache)
+
+    def release(self, seq_id: str) -> None:
+        """Nothing to do: the sequence's slots are simply overwritten by their next owner."""
+
+
+class HFRunner:
+    """A ``transformers`` causal LM with a per-sequence cache gathered per step."""
+
+    def __init__(self, model: Any, tokenizer: Any, name: str) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        config = model.config
+        self.context = int(
+            getattr(config, "max_position_embeddings", None)
+            or getattr(config, "n_positions", None)
+            or tokenizer.model_max_length
+        )
+        layers = getattr(config, "num_hidden_layers", None) or config.n_layer
+        hidden = getattr(config, "hidden_size", None) or config.n_embd
+        heads = getattr(config, "num_attention_heads", None) or config.n_head
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        element = next(model.parameters()).element_size()
+        self.kv_bytes_per_token = 2 * layers * (hidden // heads) * kv_heads * element
+        self.parameters = sum(p.numel() for p in model.parameters())
+        self._cache: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        # transformers 5.2x renamed ``past_key_values`` to ``cache``; speak whichever it takes.
+        accepts = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in accepts else "past_key_values"
+
+    @classmethod
+    def from_folder(cls, path: Path, name: str) -> HFRunner:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise ServeError(f"cannot load the causal LM in {path}: {exc}") from exc
+        return cls(model.eval(), tokenizer, name)
+
+    def step(self, work: list[StepInput], blocks: BlockManager) -> torch.Tensor:
+        rows: dict[int, torch.Tensor] = {}
+        decode = [i for i, w in enumerate(work) if len(w.tokens) == 1 and w.seq_id in self._cache]
+        with torch.inference_mode():
+            for i, item in enumerate(work):
+                if i not in decode:
+                    rows[i] = self._prefill(item)
+            if decode:
+                logits = self._decode([work[i] for i in decode])
+                rows.update(zip(decode, logits, strict=True))
+        return torch.stack([rows[i] for i in range(len(work))])
+
+    def _prefill(self, item: StepInput) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        past = self._cache.get(item.seq_id, []) if item.start else []
+        end = item.start + len(item.tokens)
+        out = self._forward(
+            input_ids=torch.tensor([item.tokens]),
+            attention_mask=torch.ones((1, end), dtype=torch.long),
+            position_ids=torch.arange(item.start, end).unsqueeze(0),
+            cache=DynamicCache(ddp_cache_data=past) if past else DynamicCache(),
+        )
+        self._cache[item.seq_id] = [(lay.keys, lay.values) for lay in out.layers]
+        return out.logits[0, -1]
+
+    def _decode(self, work: list[StepInput]) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        lengths = [item.start for item in work]
+        longest = max(lengths)
+        layers = len(self._cache[work[0].seq_id])
+        past = []
+        for layer in range(layers):
+            keys = [_left_pad(self._cache[w.seq_id][layer][0], longest) for w in work]
+            values = [_left_pad(self._cache[w.seq_id][layer][1], longest) for w in work]
+            past.append((torch.cat(keys), torch.cat(values)))
+        mask = torch.zeros((len(work), longest + 1), dtype=torch.long)
+        for row, length in enumerate(lengths):
+            mask[row, longest - length :] = 1
+        out = self._forward(
+            input_ids=torch.tensor([w.tokens for w in work]),
+            attention_mask=mask,
+            position_ids=torch.tensor([[length] for length in lengths]),
+            cache=DynamicCache(ddp_cache_data=past),
+        )
+        for row, (item, length) in enumerate(zip(work, lengths, strict=True)):
+            keep = slice(longest - length, None)
+            self._cache[item.seq_id] = [
+                (lay.keys[row : row + 1, :, keep], lay.values[row : row + 1, :, keep])
+                for lay in out.layers
+            ]
+        return out.logits[:, -1]
+
+    def _forward(self, cache: Any, **inputs: Any) -> _StepOutput:
+        out = self.model(**inputs, **{self._cache_arg: cache}, use_cache=True)
+        returned = getattr(out, "cache", None) or out.past_key_values
+        return _StepOutput(out.logits, returned.layers)
+
+    def release(self, seq_id: str) -> None:
+        self._cache.pop(seq_id, None)
+
+
+@dataclass(frozen=True)
+class _StepOutput:
+    logits: torch.Tensor
+    layers: Any  # the cache's layers, each with ``keys`` and ``values`` [B, H, L, D]
+
+
+def _left_pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
+    missing = length - tensor.shape[2]
+    if missing == 0:
+        return tensor
+    pad = tensor.new_zeros((*tensor.shape[:2], missing, tensor.shape[3]))
+    return torch.cat([pad, tensor], dim=2)
+
+
+def check_prompt(runner: LMRunner, prompt_tokens: int, max_tokens: int) -> None:
+    """Refuse a request that cannot fit the model's context."""
+    if prompt_tokens == 0:
+        raise InvalidInput("the prompt is empty; send at least one token of text")
+    if prompt_tokens + max_tokens > runner.context:
+        raise InvalidInput(
+            f"the prompt has {prompt_tokens} tokens and max_tokens is {max_tokens}: "
+            f"{prompt_tokens + max_tokens} > the model's context of {runner.context} tokens; "
+            "shorten the prompt or lower max_tokens"
+        )
