@@ -105,6 +105,7 @@ class GenerationReport:
     energy_j: float | None
     energy_method: str | None
     preemptions: int
+    finish_reason: str
 
     @property
     def energy_per_token_j(self) -> float | None:
@@ -506,7 +507,7 @@ class GenerationEngine:
         elif sequence in self._waiting:
             self._waiting.remove(sequence)
         self._release(sequence)
-        report = self._report(sequence)
+        report = self._report(sequence, reason)
         final = text if text is not None else sequence.emitted
         sequence.sink(Finished(final, reason, report, tuple(sequence.output)))
         if self._on_finish is not None:
@@ -519,7 +520,7 @@ class GenerationEngine:
         self.blocks.release(sequence.seq_id)
         self.runner.release(sequence.seq_id)
 
-    def _report(self, sequence: _Sequence) -> GenerationReport:
+    def _report(self, sequence: _Sequence, reason: str) -> GenerationReport:
         times = sequence.token_times
         end = times[-1] if times else time.monotonic()
         return GenerationReport(
@@ -532,6 +533,7 @@ class GenerationEngine:
             energy_j=sequence.energy_j,
             energy_method=sequence.energy_method,
             preemptions=sequence.preemptions,
+            finish_reason=reason,
         )
 
     def _fail_all(self, error: Exception) -> None:
