@@ -152,3 +152,20 @@ def test_a_client_that_disconnects_mid_stream_frees_its_blocks(
         time.sleep(0.01)
     assert engine.blocks.free_blocks == engine.blocks.num_blocks
     assert engine.running == 0
+
+
+def test_generative_load_reports_tokens_and_latency_quantiles(
+    server: tuple[str, GenerationEngine],
+) -> None:
+    from kilowatt.bench.genload import GenerativeLoadSpec, draw_requests, run_generative_load
+    from kilowatt.serve.generate.tinygpt import shipped_corpus
+
+    spec = GenerativeLoadSpec(url=server[0], model="tiny", qps=50, requests=6,
+                              prompt_words=(2, 6), output_tokens=(4, 9))  # fmt: skip
+    result = run_generative_load(spec)
+    asked = sum(p.max_tokens for p in draw_requests(spec, shipped_corpus()))
+    assert (result.ok, result.failed) == (6, 0)
+    assert result.output_tokens == asked
+    assert result.output_tokens_per_s == pytest.approx(asked / result.duration_s)
+    assert 0 < result.ttft_p50_s <= result.ttft_p99_s
+    assert result.inter_token_p50_s is not None
