@@ -5,10 +5,11 @@ Two runners:
 - ``PagedRunner`` serves kilowatt's own decoder with a real paged KV cache: one pool of
   blocks per layer, attention reading each sequence's keys through its block table.
 - ``HFRunner`` serves any ``transformers`` causal LM from a local folder. Its attention is
-  the library's, so the cache is kept per sequence and gathered per step: decoding
-  sequences are left-padded to one batch (attention mask and position ids say where each
-  starts) and split back afterwards; prompt chunks run one sequence at a time. The block
-  manager still budgets its memory in blocks of tokens.
+  the library's, so the cache is kept per sequence and gathered when the batch changes:
+  decoding sequences are left-padded to one batch (attention mask and position ids say
+  where each starts), which keeps decoding while the same sequences stay, and is split back
+  into per-sequence caches when one joins or leaves; prompt chunks run one sequence at a
+  time. The block manager still budgets its memory in blocks of tokens.
 
 Both return the logits at each sequence's last new token.
 """
@@ -165,6 +166,7 @@ class HFRunner:
         self.kv_bytes_per_token = 2 * layers * (hidden // heads) * kv_heads * element
         self.parameters = sum(p.numel() for p in model.parameters())
         self._cache: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._live: _LiveBatch | None = None
         # transformers 5.2x renamed ``past_key_values`` to ``cache``; speak whichever it takes.
         accepts = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in accepts else "past_key_values"
@@ -182,7 +184,7 @@ class HFRunner:
 
     def step(self, work: list[StepInput], blocks: BlockManager) -> torch.Tensor:
         rows: dict[int, torch.Tensor] = {}
-        decode = [i for i, w in enumerate(work) if len(w.tokens) == 1 and w.seq_id in self._cache]
+        decode = [i for i, w in enumerate(work) if len(w.tokens) == 1 and self._has(w.seq_id)]
         with torch.inference_mode():
             for i, item in enumerate(work):
                 if i not in decode:
@@ -191,6 +193,10 @@ class HFRunner:
                 logits = self._decode([work[i] for i in decode])
                 rows.update(zip(decode, logits, strict=True))
         return torch.stack([rows[i] for i in range(len(work))])
+
+    def _has(self, seq_id: str) -> bool:
+        live = self._live
+        return seq_id in self._cache or (live is not None and seq_id in live.alive)
 
     def _prefill(self, item: StepInput) -> torch.Tensor:
         from transformers import DynamicCache
@@ -203,50 +209,85 @@ class HFRunner:
             position_ids=torch.arange(item.start, end).unsqueeze(0),
             cache=DynamicCache(ddp_cache_data=past) if past else DynamicCache(),
         )
-        self._cache[item.seq_id] = [(lay.keys, lay.values) for lay in out.layers]
+        self._cache[item.seq_id] = [(lay.keys, lay.values) for lay in out.cache.layers]
         return out.logits[0, -1]
 
     def _decode(self, work: list[StepInput]) -> torch.Tensor:
+        ids = tuple(item.seq_id for item in work)
+        live = self._live
+        if live is not None and live.ids == ids:
+            # The same sequences as last step: keep decoding into last step's batch cache.
+            cache, offsets = live.cache, live.offsets
+            mask = torch.cat([live.mask, torch.ones((len(ids), 1), dtype=torch.long)], dim=1)
+        else:
+            self._split_live()
+            cache, mask, offsets = self._gather(work)
+        out = self._forward(
+            input_ids=torch.tensor([item.tokens for item in work]),
+            attention_mask=mask,
+            position_ids=torch.tensor([[item.start] for item in work]),
+            cache=cache,
+        )
+        self._live = _LiveBatch(ids, set(ids), out.cache, mask, offsets)
+        return out.logits[:, -1]
+
+    def _gather(self, work: list[StepInput]) -> tuple[Any, torch.Tensor, list[int]]:
+        """Left-pad each sequence's cache to the longest and stack them into one batch."""
         from transformers import DynamicCache
 
         lengths = [item.start for item in work]
         longest = max(lengths)
-        layers = len(self._cache[work[0].seq_id])
+        per_seq = [self._cache.pop(item.seq_id) for item in work]
         past = []
-        for layer in range(layers):
-            keys = [_left_pad(self._cache[w.seq_id][layer][0], longest) for w in work]
-            values = [_left_pad(self._cache[w.seq_id][layer][1], longest) for w in work]
+        for layer in range(len(per_seq[0])):
+            keys = [_left_pad(kv[layer][0], longest) for kv in per_seq]
+            values = [_left_pad(kv[layer][1], longest) for kv in per_seq]
             past.append((torch.cat(keys), torch.cat(values)))
         mask = torch.zeros((len(work), longest + 1), dtype=torch.long)
-        for row, length in enumerate(lengths):
-            mask[row, longest - length :] = 1
-        out = self._forward(
-            input_ids=torch.tensor([w.tokens for w in work]),
-            attention_mask=mask,
-            position_ids=torch.tensor([[length] for length in lengths]),
-            cache=DynamicCache(ddp_cache_data=past),
-        )
-        for row, (item, length) in enumerate(zip(work, lengths, strict=True)):
-            keep = slice(longest - length, None)
-            self._cache[item.seq_id] = [
-                (lay.keys[row : row + 1, :, keep], lay.values[row : row + 1, :, keep])
-                for lay in out.layers
-            ]
-        return out.logits[:, -1]
+        offsets = [longest - length for length in lengths]
+        for row, offset in enumerate(offsets):
+            mask[row, offset:] = 1
+        return DynamicCache(ddp_cache_data=past), mask, offsets
+
+    def _split_live(self) -> None:
+        """Hand the rows of last step's batch cache back to their sequences."""
+        live, self._live = self._live, None
+        if live is None:
+            return
+        for row, seq_id in enumerate(live.ids):
+            if seq_id in live.alive:
+                keep = slice(live.offsets[row], None)
+                self._cache[seq_id] = [
+                    (lay.keys[row : row + 1, :, keep], lay.values[row : row + 1, :, keep])
+                    for lay in live.cache.layers
+                ]
 
     def _forward(self, cache: Any, **inputs: Any) -> _StepOutput:
         out = self.model(**inputs, **{self._cache_arg: cache}, use_cache=True)
         returned = getattr(out, "cache", None) or out.past_key_values
-        return _StepOutput(out.logits, returned.layers)
+        return _StepOutput(out.logits, returned)
 
     def release(self, seq_id: str) -> None:
         self._cache.pop(seq_id, None)
+        if self._live is not None:
+            self._live.alive.discard(seq_id)
 
 
 @dataclass(frozen=True)
 class _StepOutput:
     logits: torch.Tensor
-    layers: Any  # the cache's layers, each with ``keys`` and ``values`` [B, H, L, D]
+    cache: Any  # a transformers Cache; its layers hold ``keys``/``values`` [B, H, L, D]
+
+
+@dataclass(frozen=True)
+class _LiveBatch:
+    """Last decode step's batch cache, reused while the same sequences keep decoding."""
+
+    ids: tuple[str, ...]
+    alive: set[str]
+    cache: Any
+    mask: torch.Tensor
+    offsets: list[int]
 
 
 def _left_pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
