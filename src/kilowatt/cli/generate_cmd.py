@@ -8,8 +8,12 @@ serves it with continuous batching behind the OpenAI API at ``http://HOST:PORT/v
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from kilowatt.serve.generate import GenerationEngine
 
 __all__ = ["register"]
 
@@ -43,6 +47,9 @@ def serve(
     max_running: int = typer.Option(64, min=1, help="Most sequences per step."),
     prefill_tokens: int = typer.Option(256, min=1, help="Most prompt tokens per step."),
     meter: bool = typer.Option(True, help="Measure joules per token with kilowatt.meter."),
+    calibrate: bool = typer.Option(
+        True, help="On exit, record the achieved fraction of peak for the serving planner."
+    ),
 ) -> None:
     """Serve a causal LM with continuous batching behind the OpenAI API."""
     import uvicorn
@@ -59,6 +66,32 @@ def serve(
     app, engine = build_generate_app(model_dir, config=config, name=name, meter=energy)
     typer.echo(f"serving {engine.runner.name!r} at http://{host}:{port}/v1 (OpenAI API)")
     uvicorn.run(app, host=host, port=port, log_level="warning")
+    if calibrate:
+        record_serving_calibration(engine)
+
+
+def record_serving_calibration(engine: GenerationEngine, catalog: Any = None) -> float | None:
+    """Fold what ``engine`` achieved into the planner's calibration (CPU runs only here).
+
+    Returns the recorded fraction of peak, or None when nothing was measured.
+    """
+    import torch
+
+    from kilowatt.catalog import load_catalog
+    from kilowatt.plan.calibration import record_measurement, serving_class
+
+    achieved = engine.achieved_flops()
+    if achieved is None:
+        return None
+    catalog = catalog or load_catalog()
+    # A cpu catalog entry describes one core; the engine used torch's threads.
+    peak = catalog.accelerator("cpu").peak_flops("fp32") * torch.get_num_threads()
+    mfu = min(achieved / peak, 1.0)
+    calibration = record_measurement(None, "cpu", serving_class("transformer"), mfu=mfu)
+    entry = calibration.entry("cpu", serving_class("transformer"))
+    typer.echo(f"calibration: cpu/{serving_class('transformer')} now {entry.mfu:.2%} of peak "
+               f"({entry.samples} runs; this one {mfu:.2%}, {achieved:.3g} FLOP/s)")  # fmt: skip
+    return mfu
 
 
 def register(app: typer.Typer) -> None:

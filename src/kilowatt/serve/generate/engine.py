@@ -232,6 +232,8 @@ class GenerationEngine:
         self._thread: threading.Thread | None = None
         self._step_s = 0.0  # moving average of a step, for admission estimates
         self.steps = 0
+        self.busy_s = 0.0  # seconds spent in model steps
+        self.tokens_fed = 0  # prompt and generated tokens that went through the model
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -347,6 +349,12 @@ class GenerationEngine:
                 retry_after_s=max(wait_s, 0.001),
             )
 
+    def achieved_flops(self) -> float | None:
+        """Model FLOP/s while busy: 2 x parameters per token fed (None before any step)."""
+        if self.busy_s <= 0:
+            return None
+        return 2.0 * self.runner.parameters * self.tokens_fed / self.busy_s
+
     def estimated_wait_s(self) -> float:
         """Time until a request arriving now gets its first step, from the queue's prompts."""
         queued = [*self._waiting, *self._incoming]
@@ -457,6 +465,8 @@ class GenerationEngine:
         self._step_s = 0.8 * self._step_s + 0.2 * (now - started) if self.steps else now - started
         self.steps += 1
         fed_total = sum(n for _, n in batch)
+        self.busy_s += now - started
+        self.tokens_fed += fed_total
         for row, (sequence, fed) in enumerate(batch):
             sequence.computed += fed
             if energy is not None:
