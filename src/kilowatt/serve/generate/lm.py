@@ -8,8 +8,9 @@ Two runners:
   the library's, so the cache is kept per sequence and gathered when the batch changes:
   decoding sequences are left-padded to one batch (attention mask and position ids say
   where each starts), which keeps decoding while the same sequences stay, and is split back
-  into per-sequence caches when one joins or leaves; prompt chunks run one sequence at a
-  time. The block manager still budgets its memory in blocks of tokens.
+  into per-sequence caches when one joins or leaves; first prompt chunks run together,
+  left-padded, and later chunks one sequence at a time. The block manager still budgets
+  its memory in blocks of tokens.
 
 Both return the logits at each sequence's last new token.
 """
@@ -185,9 +186,13 @@ class HFRunner:
     def step(self, work: list[StepInput], blocks: BlockManager) -> torch.Tensor:
         rows: dict[int, torch.Tensor] = {}
         decode = [i for i, w in enumerate(work) if len(w.tokens) == 1 and self._has(w.seq_id)]
+        fresh = [i for i, w in enumerate(work) if w.start == 0 and i not in decode]
         with torch.inference_mode():
+            if fresh:
+                logits = self._prefill_fresh([work[i] for i in fresh])
+                rows.update(zip(fresh, logits, strict=True))
             for i, item in enumerate(work):
-                if i not in decode:
+                if i not in decode and i not in fresh:
                     rows[i] = self._prefill(item)
             if decode:
                 logits = self._decode([work[i] for i in decode])
@@ -211,6 +216,30 @@ class HFRunner:
         )
         self._cache[item.seq_id] = [(lay.keys, lay.values) for lay in out.cache.layers]
         return out.logits[0, -1]
+
+    def _prefill_fresh(self, work: list[StepInput]) -> torch.Tensor:
+        """First prompt chunks of several sequences in one left-padded forward pass."""
+        from transformers import DynamicCache
+
+        longest = max(len(item.tokens) for item in work)
+        ids = torch.zeros((len(work), longest), dtype=torch.long)
+        mask = torch.zeros((len(work), longest), dtype=torch.long)
+        positions = torch.zeros((len(work), longest), dtype=torch.long)
+        for row, item in enumerate(work):
+            offset = longest - len(item.tokens)
+            ids[row, offset:] = torch.tensor(item.tokens)
+            mask[row, offset:] = 1
+            positions[row, offset:] = torch.arange(len(item.tokens))
+        out = self._forward(
+            input_ids=ids, attention_mask=mask, position_ids=positions, cache=DynamicCache()
+        )
+        for row, item in enumerate(work):
+            keep = slice(longest - len(item.tokens), None)
+            self._cache[item.seq_id] = [
+                (lay.keys[row : row + 1, :, keep], lay.values[row : row + 1, :, keep])
+                for lay in out.cache.layers
+            ]
+        return out.logits[:, -1]
 
     def _decode(self, work: list[StepInput]) -> torch.Tensor:
         ids = tuple(item.seq_id for item in work)
