@@ -50,6 +50,7 @@ def serve(
     calibrate: bool = typer.Option(
         True, help="On exit, record the achieved fraction of peak for the serving planner."
     ),
+    device: str = typer.Option("auto", help="torch device: auto (cuda when present), cpu, cuda."),
 ) -> None:
     """Serve a causal LM with continuous batching behind the OpenAI API."""
     import uvicorn
@@ -63,10 +64,16 @@ def serve(
         energy = EnergyMeter.for_this_process()
     config = EngineConfig(num_blocks=kv_blocks, block_size=block_size, max_running=max_running,
                           prefill_tokens_per_step=prefill_tokens)  # fmt: skip
-    app, engine = build_generate_app(model_dir, config=config, name=name, meter=energy)
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    app, engine = build_generate_app(
+        model_dir, config=config, name=name, meter=energy, device=device
+    )
     typer.echo(f"serving {engine.runner.name!r} at http://{host}:{port}/v1 (OpenAI API)")
     uvicorn.run(app, host=host, port=port, log_level="warning")
-    if calibrate:
+    if calibrate and device == "cpu":  # the catalog's cpu entry is the peak we know here
         record_serving_calibration(engine)
 
 

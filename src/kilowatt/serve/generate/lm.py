@@ -77,9 +77,18 @@ def looks_generative(folder: str | Path) -> bool:
 
 
 def load_runner(
-    folder: str | Path, *, num_blocks: int, block_size: int, name: str | None = None
+    folder: str | Path,
+    *,
+    num_blocks: int,
+    block_size: int,
+    name: str | None = None,
+    device: str = "cpu",
 ) -> LMRunner:
-    """Load the causal LM in ``folder`` (nothing is downloaded) and its tokenizer."""
+    """Load the causal LM in ``folder`` (nothing is downloaded) and its tokenizer.
+
+    ``device`` is a torch device (``cpu``, ``cuda``, ``cuda:1``); weights and KV cache live
+    there, the scheduler's bookkeeping on the CPU.
+    """
     path = Path(folder)
     if not looks_generative(path):
         raise ServeError(
@@ -89,8 +98,9 @@ def load_runner(
         )
     label = name or path.resolve().name
     if json.loads((path / "config.json").read_text()).get("model_type") == MODEL_TYPE:
-        return PagedRunner(load_tiny_gpt(path), num_blocks, block_size, name=label)
-    return HFRunner.from_folder(path, name=label)
+        model = load_tiny_gpt(path).to(device)
+        return PagedRunner(model, num_blocks, block_size, name=label)
+    return HFRunner.from_folder(path, name=label, device=device)
 
 
 class PagedRunner:
@@ -102,10 +112,11 @@ class PagedRunner:
         self.name = name
         self.context = cfg.context
         self.tokenizer = ByteTokenizer()
-        dtype = next(model.parameters()).dtype
+        weight = next(model.parameters())
+        self.device = weight.device
         shape = (cfg.n_layer, num_blocks * block_size, cfg.n_head, cfg.head_dim)
-        self.k_cache = torch.zeros(shape, dtype=dtype)
-        self.v_cache = torch.zeros(shape, dtype=dtype)
+        self.k_cache = torch.zeros(shape, dtype=weight.dtype, device=self.device)
+        self.v_cache = torch.zeros(shape, dtype=weight.dtype, device=self.device)
         self.kv_bytes_per_token = 2 * cfg.n_layer * cfg.n_embd * self.k_cache.element_size()
         self.parameters = sum(p.numel() for p in model.parameters())
 
@@ -130,14 +141,15 @@ class PagedRunner:
             write_slots.extend(read_slots[row, item.start : end].tolist())
             write_index.extend(range(row * width, row * width + n))
             last.append(n - 1)
+        # Built on the CPU, then one copy each to the model's device.
         batch = PagedBatch(
-            tokens=tokens,
-            positions=positions,
-            write_slots=torch.tensor(write_slots),
-            write_index=torch.tensor(write_index),
-            read_slots=read_slots,
-            mask=mask,
-            last=torch.tensor(last),
+            tokens=tokens.to(self.device),
+            positions=positions.to(self.device),
+            write_slots=torch.tensor(write_slots, device=self.device),
+            write_index=torch.tensor(write_index, device=self.device),
+            read_slots=read_slots.to(self.device),
+            mask=mask.to(self.device),
+            last=torch.tensor(last, device=self.device),
         )
         with torch.inference_mode():
             return self.model.forward_paged(batch, self.k_cache, self.v_cache)
@@ -173,7 +185,7 @@ class HFRunner:
         self._cache_arg = "cache" if "cache" in accepts else "past_key_values"
 
     @classmethod
-    def from_folder(cls, path: Path, name: str) -> HFRunner:
+    def from_folder(cls, path: Path, name: str, device: str = "cpu") -> HFRunner:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:
@@ -181,7 +193,7 @@ class HFRunner:
             model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError) as exc:
             raise ServeError(f"cannot load the causal LM in {path}: {exc}") from exc
-        return cls(model.eval(), tokenizer, name)
+        return cls(model.to(device).eval(), tokenizer, name)
 
     def step(self, work: list[StepInput], blocks: BlockManager) -> torch.Tensor:
         rows: dict[int, torch.Tensor] = {}
@@ -292,6 +304,8 @@ class HFRunner:
                 ]
 
     def _forward(self, cache: Any, **inputs: Any) -> _StepOutput:
+        device = self.model.device
+        inputs = {key: tensor.to(device) for key, tensor in inputs.items()}
         out = self.model(**inputs, **{self._cache_arg: cache}, use_cache=True)
         returned = getattr(out, "cache", None) or out.past_key_values
         return _StepOutput(out.logits, returned)

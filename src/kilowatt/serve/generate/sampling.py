@@ -57,7 +57,8 @@ def choose_token(
     """The next token from one row of logits [V]."""
     if params.temperature == 0 or generator is None:
         return int(logits.argmax())
-    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    # The request's generator lives on the CPU, so the draw does too.
+    probs = torch.softmax(logits.float().cpu() / params.temperature, dim=-1)
     if params.top_p < 1:
         sorted_probs, order = probs.sort(descending=True)
         # Keep each token whose preceding mass is below top_p: the nucleus, never empty.

@@ -22,6 +22,7 @@ def build_generate_app(
     name: str | None = None,
     meter: Any = None,
     metrics: GenerateMetrics | None = None,
+    device: str = "cpu",
 ) -> tuple[FastAPI, GenerationEngine]:
     """Load the causal LM in ``folder``, start its engine and wrap it in the HTTP app.
 
@@ -31,10 +32,11 @@ def build_generate_app(
         name: the model id clients ask for (default: the folder's name).
         meter: energy meter for joules per token (``EnergyMeter.for_this_process()``).
         metrics: where the Prometheus metrics go (default: a fresh registry).
+        device: torch device of the weights and the KV cache.
     """
     config = config or EngineConfig()
     runner = load_runner(folder, num_blocks=config.num_blocks, block_size=config.block_size,
-                         name=name)  # fmt: skip
+                         name=name, device=device)  # fmt: skip
     metrics = metrics or GenerateMetrics()
     engine = GenerationEngine(runner, config, meter=meter, on_finish=metrics.observer(runner.name))
     metrics.watch(engine)
