@@ -152,6 +152,14 @@ def test_a_client_that_disconnects_mid_stream_frees_its_blocks(
         time.sleep(0.01)
     assert engine.blocks.free_blocks == engine.blocks.num_blocks
     assert engine.running == 0
+    scrape = httpx.get(f"{url}/metrics").text
+    reasons = {
+        s.labels["finish_reason"]: s.value
+        for family in text_string_to_metric_families(scrape)
+        for s in family.samples
+        if s.name == "kilowatt_generate_requests_total"
+    }
+    assert reasons == {"abort": 1.0}  # ended by the disconnect, not by running to the end
 
 
 def test_generative_load_reports_tokens_and_latency_quantiles(

@@ -6,12 +6,18 @@ import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from kilowatt.serve.errors import DeadlineUnmeetable, InvalidInput
-from kilowatt.serve.generate.engine import EngineConfig, Finished, GenerationEngine
+from kilowatt.serve.generate.engine import (
+    EngineConfig,
+    Finished,
+    GenerationEngine,
+    GenerationReport,
+)
 from kilowatt.serve.generate.hfbuild import build_gpt2_folder
 from kilowatt.serve.generate.lm import HFRunner, PagedRunner, load_runner
 from kilowatt.serve.generate.sampling import SamplingParams
@@ -46,11 +52,11 @@ def gpt2_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_gpt2_folder(tmp_path_factory.mktemp("gpt2"), n_positions=128)
 
 
-def paged_engine(model: TinyGPT, **config: int) -> GenerationEngine:
+def paged_engine(model: TinyGPT, on_finish: Any = None, **config: int) -> GenerationEngine:
     settings = {"num_blocks": 64, "block_size": 8, "prefill_tokens_per_step": 16, **config}
     engine_config = EngineConfig(**settings)
     runner = PagedRunner(model, engine_config.num_blocks, engine_config.block_size, "tiny")
-    engine = GenerationEngine(runner, engine_config)
+    engine = GenerationEngine(runner, engine_config, on_finish=on_finish)
     engine.start()
     return engine
 
@@ -144,7 +150,8 @@ def test_kv_exhaustion_queues_and_preempts_instead_of_failing(tiny: TinyGPT) -> 
 
 
 def test_a_client_leaving_mid_stream_frees_its_blocks(tiny: TinyGPT) -> None:
-    engine = paged_engine(tiny)
+    reports: list[GenerationReport] = []
+    engine = paged_engine(tiny, on_finish=reports.append)
 
     async def leave_early() -> int:
         stream = await engine.submit(PROMPTS[1], greedy(40))
@@ -153,18 +160,20 @@ def test_a_client_leaving_mid_stream_frees_its_blocks(tiny: TinyGPT) -> None:
         await anext(iterator)
         held = len(engine.blocks.table(stream.seq_id))
         await iterator.aclose()  # what a cancelled HTTP response does
+        deadline = time.monotonic() + 30
+        while not reports and time.monotonic() < deadline:  # the loop stays alive meanwhile
+            await asyncio.sleep(0.01)
         return held
 
     try:
         held = asyncio.run(leave_early())
-        deadline = time.monotonic() + 30
-        while engine.blocks.free_blocks != engine.blocks.num_blocks and time.monotonic() < deadline:
-            time.sleep(0.01)
     finally:
         engine.close()
     assert held > 0
     assert engine.blocks.free_blocks == engine.blocks.num_blocks
     assert engine.running == 0
+    assert [r.finish_reason for r in reports] == ["abort"]
+    assert reports[0].completion_tokens < 40
 
 
 def test_stop_sequence_ends_the_answer_before_it(tiny: TinyGPT) -> None:
