@@ -17,6 +17,7 @@ Both return the logits at each sequence's last new token.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 from dataclasses import dataclass
@@ -216,23 +217,19 @@ class HFRunner:
         return seq_id in self._cache or (live is not None and seq_id in live.alive)
 
     def _prefill(self, item: StepInput) -> torch.Tensor:
-        from transformers import DynamicCache
-
         past = self._cache.get(item.seq_id, []) if item.start else []
         end = item.start + len(item.tokens)
         out = self._forward(
             input_ids=torch.tensor([item.tokens]),
             attention_mask=torch.ones((1, end), dtype=torch.long),
             position_ids=torch.arange(item.start, end).unsqueeze(0),
-            cache=DynamicCache(ddp_cache_data=past) if past else DynamicCache(),
+            cache=_growing_cache(past),
         )
         self._cache[item.seq_id] = [(lay.keys, lay.values) for lay in out.cache.layers]
         return out.logits[0, -1]
 
     def _prefill_fresh(self, work: list[StepInput]) -> torch.Tensor:
         """First prompt chunks of several sequences in one left-padded forward pass."""
-        from transformers import DynamicCache
-
         longest = max(len(item.tokens) for item in work)
         ids = torch.zeros((len(work), longest), dtype=torch.long)
         mask = torch.zeros((len(work), longest), dtype=torch.long)
@@ -243,7 +240,7 @@ class HFRunner:
             mask[row, offset:] = 1
             positions[row, offset:] = torch.arange(len(item.tokens))
         out = self._forward(
-            input_ids=ids, attention_mask=mask, position_ids=positions, cache=DynamicCache()
+            input_ids=ids, attention_mask=mask, position_ids=positions, cache=_growing_cache()
         )
         for row, item in enumerate(work):
             keep = slice(longest - len(item.tokens), None)
@@ -274,8 +271,6 @@ class HFRunner:
 
     def _gather(self, work: list[StepInput]) -> tuple[Any, torch.Tensor, list[int]]:
         """Left-pad each sequence's cache to the longest and stack them into one batch."""
-        from transformers import DynamicCache
-
         lengths = [item.start for item in work]
         longest = max(lengths)
         per_seq = [self._cache.pop(item.seq_id) for item in work]
@@ -288,7 +283,7 @@ class HFRunner:
         offsets = [longest - length for length in lengths]
         for row, offset in enumerate(offsets):
             mask[row, offset:] = 1
-        return DynamicCache(ddp_cache_data=past), mask, offsets
+        return _growing_cache(past), mask, offsets
 
     def _split_live(self) -> None:
         """Hand the rows of last step's batch cache back to their sequences."""
@@ -331,6 +326,58 @@ class _LiveBatch:
     cache: Any
     mask: torch.Tensor
     offsets: list[int]
+
+
+def _growing_cache(past: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> Any:
+    """A transformers ``DynamicCache`` whose layers append into spare room.
+
+    The stock layer concatenates the whole cache with each new token, copying every key and
+    value of the batch at every step; this one doubles its buffer when full instead.
+    """
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = _growing_layer_class()
+    for index, (keys, values) in enumerate(past or []):
+        cache.update(keys, values, index)
+    return cache
+
+
+@functools.cache
+def _growing_layer_class() -> type:
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):  # type: ignore[misc]
+        _keys_buffer: torch.Tensor | None = None
+        _values_buffer: torch.Tensor | None = None
+
+        def update(
+            self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            held = self.keys.shape[-2] if self.keys.numel() else 0
+            end = held + key_states.shape[-2]
+            buffer = self._keys_buffer
+            if buffer is None or buffer.shape[-2] < end or buffer.shape[0] != key_states.shape[0]:
+                self._keys_buffer = _grown(self.keys, key_states, held, end)
+                self._values_buffer = _grown(self.values, value_states, held, end)
+            assert self._keys_buffer is not None and self._values_buffer is not None
+            self._keys_buffer[..., held:end, :] = key_states
+            self._values_buffer[..., held:end, :] = value_states
+            self.keys = self._keys_buffer[..., :end, :]
+            self.values = self._values_buffer[..., :end, :]
+            return self.keys, self.values
+
+    return GrowingLayer
+
+
+def _grown(old: torch.Tensor, new: torch.Tensor, held: int, end: int) -> torch.Tensor:
+    """A buffer with room for twice ``end`` positions, holding ``old``'s first ``held``."""
+    buffer = new.new_empty((*new.shape[:2], max(2 * end, 64), new.shape[-1]))
+    if held:
+        buffer[..., :held, :] = old
+    return buffer
 
 
 def _left_pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
