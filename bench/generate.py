@@ -81,7 +81,9 @@ def answer(text, prompt_tokens, completion_tokens):
             "finish_reason": "length"}], "usage": usage}
 """
 
-NAIVE_SERVER = _COMMON + """
+NAIVE_SERVER = (
+    _COMMON
+    + """
 
 @app.post("/v1/completions")
 def completions(request: Completion):
@@ -95,8 +97,11 @@ def completions(request: Completion):
 
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
 """
+)
 
-STATIC_SERVER = _COMMON + """
+STATIC_SERVER = (
+    _COMMON
+    + """
 import asyncio
 
 MAX_BATCH = int(sys.argv[3])
@@ -151,6 +156,7 @@ async def completions(request: Completion):
 
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
 """
+)
 
 
 def free_port() -> int:
@@ -196,12 +202,12 @@ def cpu_s(pid: int) -> float:
 def commands(work: Path, model_dir: Path, port: int, static_batch: int) -> dict[str, list[str]]:
     for name, source in (("naive", NAIVE_SERVER), ("static", STATIC_SERVER)):
         (work / f"{name}.py").write_text(textwrap.dedent(source))
+    static = [sys.executable, str(work / "static.py"), str(model_dir), str(port), str(static_batch)]
     kilowatt = [sys.executable, "-m", "kilowatt.cli.main", "generate", "serve", str(model_dir),
                 "--name", MODEL, "--port", str(port), "--kv-blocks", "2048"]  # fmt: skip
     return {
         "naive": [sys.executable, str(work / "naive.py"), str(model_dir), str(port)],
-        "static": [sys.executable, str(work / "static.py"), str(model_dir), str(port),
-                   str(static_batch)],  # fmt: skip
+        "static": static,
         "kilowatt": kilowatt,
     }
 
@@ -238,10 +244,9 @@ def table(runs: dict[str, list[dict[str, Any]]]) -> str:
         return f"±{(max(values) - min(values)) / 2:.3g}" if len(values) > 1 else ""
 
     naive_tps = med("naive", "output_tokens_per_s")
-    lines = [
-        "| server | output tokens/s | vs naive | TTFT p50 (s) | TTFT p99 (s) | inter-token p50 / p99 (ms) | J per token | failed |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]  # fmt: skip
+    columns = ["server", "output tokens/s", "vs naive", "TTFT p50 (s)", "TTFT p99 (s)",
+               "inter-token p50 / p99 (ms)", "J per token", "failed"]  # fmt: skip
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     for name in runs:
         tps = med(name, "output_tokens_per_s")
         itl = [r["inter_token_p50_s"] for r in runs[name]]
