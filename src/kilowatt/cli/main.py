@@ -37,6 +37,7 @@ def _register_commands() -> None:
     # Each module adds its commands to ``app``; the order is the order of ``--help``.
     from kilowatt.cli import (
         catalog_cmd,
+        generate_cmd,
         jobs_cmd,
         models_cmd,
         ops_cmd,
@@ -56,6 +57,7 @@ def _register_commands() -> None:
         catalog_cmd,
         train_cmd,
         serve_cmd,
+        generate_cmd,
         runs_cmd,
         models_cmd,
         store_cmd,

@@ -7,6 +7,8 @@ Stored as JSON at ``KILOWATT_HOME/calibration.json``::
     {"schema": 1, "entries": [{"accelerator": "cpu", "model_class": "cnn",
       "mfu": 0.21, "samples": 3, "updated": "2026-01-01T12:00:00+00:00"}]}
 
+Serving records under ``serving_class(model_class)``; the serving planner prefers it.
+
 Usage (what ``kilowatt profile`` does after measuring 20 GFLOP/s on a 100 GFLOP/s part)::
 
     record_measurement(None, "cpu", "cnn", achieved_flops=2.0e10, peak_flops=1.0e11)
@@ -32,6 +34,7 @@ __all__ = [
     "load_calibration",
     "record_measurement",
     "save_calibration",
+    "serving_class",
 ]
 
 
@@ -90,6 +93,17 @@ class Calibration(BaseModel):
             new = old.model_copy(update={"mfu": mean, "samples": n, "updated": now})
         rest = [e for e in self.entries if e is not old]
         return Calibration(entries=[*rest, new])
+
+
+def serving_class(model_class: str) -> str:
+    """The calibration key of ``model_class`` when served (``transformer-serving``).
+
+    Serving measures its own fraction of peak (``kilowatt generate serve`` records
+    2 x parameters x tokens per busy second over the peak): a decode step is a different
+    workload from a training step, so the two are kept apart, and the serving planner reads
+    this key first.
+    """
+    return f"{model_class}-serving"
 
 
 def default_calibration_path(settings: Settings | None = None) -> Path:

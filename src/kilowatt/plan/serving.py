@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from kilowatt.catalog import Catalog, Instance, Region
 from kilowatt.errors import PlanInfeasible
-from kilowatt.plan.calibration import Calibration
+from kilowatt.plan.calibration import Calibration, serving_class
 from kilowatt.plan.common import OBJECTIVES, Rejections, allowed_instances, objective_key
 from kilowatt.plan.cost import HOURS_PER_MONTH, PriceBook
 from kilowatt.plan.device import Device
@@ -58,7 +58,12 @@ def plan_serving(spec: PlanSpec, catalog: Catalog, calibration: Calibration) -> 
     for inst, regions in allowed_instances(spec, catalog):
         device = Device.of(inst, catalog)
         acc = device.accelerator
-        mfu = calibration.mfu(acc.name, spec.model.calibration_class) or acc.mfu_default
+        model_class = spec.model.calibration_class
+        mfu = (
+            calibration.mfu(acc.name, serving_class(model_class))
+            or calibration.mfu(acc.name, model_class)
+            or acc.mfu_default
+        )
         for tp in _replica_sizes(device, spec):
             for batch in _batches(serve.max_batch):
                 evaluated += len(regions)

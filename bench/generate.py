@@ -1,0 +1,307 @@
+"""Generative serving benchmark: naive per-request ``generate``, a static batcher, kilowatt.
+
+In one run, each server alone on the machine, all serving the same GPT-2-style model
+(~11M parameters, built from a config with a BPE tokenizer trained on kilowatt's corpus;
+random weights, no end-of-text token, so every answer is exactly ``max_tokens`` long):
+
+- naive: FastAPI + uvicorn, a plain ``def`` endpoint calling ``model.generate`` per request
+  (FastAPI runs it in its thread pool, as its docs advise for blocking code);
+- static: FastAPI with an asyncio batcher that takes up to ``--static-batch`` requests
+  (waiting up to 50 ms after the first), runs one left-padded ``model.generate`` for them
+  all until the longest answer is done, then takes the next batch;
+- kilowatt: ``kilowatt generate serve`` (continuous batching, streamed answers).
+
+All get the same open-loop Poisson load with mixed prompt and output lengths
+(``kilowatt.bench.genload``). Energy is each server process's CPU seconds over the load
+times the catalog's watts per core (``estimated-cpu-time``, the same for all three).
+Prints a table with ratios to the naive server and the spread over repeats, and writes
+bench/results/generate.json.
+
+    python bench/generate.py                     # 2 repeats, 48 requests at 4/s
+    python bench/generate.py --repeats 1 --requests 24
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psutil
+
+from kilowatt.bench.genload import GenerativeLoadSpec, run_generative_load
+from kilowatt.meter import cpu_watts_per_core
+from kilowatt.serve.generate.hfbuild import build_gpt2_folder
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODEL = "bench-gpt2"
+
+_COMMON = """
+import sys, threading
+import torch
+from fastapi import FastAPI
+from pydantic import BaseModel
+import uvicorn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], local_files_only=True).eval()
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1], local_files_only=True)
+app = FastAPI()
+
+
+class Completion(BaseModel):
+    model: str
+    prompt: str
+    max_tokens: int = 16
+    temperature: float = 0.0
+    stream: bool = False
+
+
+@app.get("/health")
+def health():
+    return {"ok": True}
+
+
+def answer(text, prompt_tokens, completion_tokens):
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+             "total_tokens": prompt_tokens + completion_tokens}
+    return {"object": "text_completion", "choices": [{"index": 0, "text": text,
+            "finish_reason": "length"}], "usage": usage}
+"""
+
+NAIVE_SERVER = (
+    _COMMON
+    + """
+
+@app.post("/v1/completions")
+def completions(request: Completion):
+    ids = torch.tensor([tokenizer.encode(request.prompt)])
+    with torch.inference_mode():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=request.max_tokens)
+    new = out[0, ids.shape[1]:].tolist()
+    return answer(tokenizer.decode(new), ids.shape[1], len(new))
+
+
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+"""
+)
+
+STATIC_SERVER = (
+    _COMMON
+    + """
+import asyncio
+
+MAX_BATCH = int(sys.argv[3])
+WAIT_S = 0.05
+queue = None
+
+
+def generate_batch(items):
+    prompts = [tokenizer.encode(r.prompt) for r, _ in items]
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    longest = max(r.max_tokens for r, _ in items)
+    with torch.inference_mode():
+        out = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=longest,
+                             pad_token_id=0)
+    return [(out[i, width:width + r.max_tokens].tolist(), len(p))
+            for i, ((r, _), p) in enumerate(zip(items, prompts))]
+
+
+async def batcher():
+    loop = asyncio.get_running_loop()
+    while True:
+        items = [await queue.get()]
+        deadline = loop.time() + WAIT_S
+        while len(items) < MAX_BATCH:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            try:
+                items.append(await asyncio.wait_for(queue.get(), left))
+            except asyncio.TimeoutError:
+                break
+        results = await asyncio.to_thread(generate_batch, items)
+        for (_, future), (new, prompt_tokens) in zip(items, results):
+            future.set_result(answer(tokenizer.decode(new), prompt_tokens, len(new)))
+
+
+@app.on_event("startup")
+async def start():
+    global queue
+    queue = asyncio.Queue()
+    asyncio.get_running_loop().create_task(batcher())
+
+
+@app.post("/v1/completions")
+async def completions(request: Completion):
+    future = asyncio.get_running_loop().create_future()
+    await queue.put((request, future))
+    return await future
+
+
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+"""
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float = 300) -> None:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before it was ready")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)  # polling the health probe
+    raise RuntimeError(f"{url} not ready after {timeout_s} s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its children."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        times = proc.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def commands(work: Path, model_dir: Path, port: int, static_batch: int) -> dict[str, list[str]]:
+    for name, source in (("naive", NAIVE_SERVER), ("static", STATIC_SERVER)):
+        (work / f"{name}.py").write_text(textwrap.dedent(source))
+    static = [sys.executable, str(work / "static.py"), str(model_dir), str(port), str(static_batch)]
+    kilowatt = [sys.executable, "-m", "kilowatt.cli.main", "generate", "serve", str(model_dir),
+                "--name", MODEL, "--port", str(port), "--kv-blocks", "2048"]  # fmt: skip
+    return {
+        "naive": [sys.executable, str(work / "naive.py"), str(model_dir), str(port)],
+        "static": static,
+        "kilowatt": kilowatt,
+    }
+
+
+def measure(name: str, command: list[str], port: int, args: argparse.Namespace) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    process = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL, env=env)
+    try:
+        wait_healthy(f"{url}/health" if name != "kilowatt" else f"{url}/v1/models", process)
+        warm = {"model": MODEL, "prompt": "warm up", "max_tokens": 8, "temperature": 0}
+        httpx.post(f"{url}/v1/completions", json=warm, timeout=120).raise_for_status()
+        spec = GenerativeLoadSpec(url=url, model=MODEL, qps=args.qps, requests=args.requests,
+                                  output_tokens=tuple(args.output_tokens),
+                                  stream=name == "kilowatt", seed=args.seed)  # fmt: skip
+        before = cpu_s(process.pid)
+        result = run_generative_load(spec).as_dict()
+        result["cpu_s"] = cpu_s(process.pid) - before
+    finally:
+        stop(process)
+    watts = cpu_watts_per_core(None, "local-cpu")
+    result["energy_j"] = result["cpu_s"] * watts
+    result["energy_per_token_j"] = result["energy_j"] / max(result["output_tokens"], 1)
+    result["energy_method"] = "estimated-cpu-time"
+    return result
+
+
+def table(runs: dict[str, list[dict[str, Any]]]) -> str:
+    def med(name: str, key: str) -> float:
+        return float(np.median([r[key] for r in runs[name]]))
+
+    def spread(name: str, key: str) -> str:
+        values = [r[key] for r in runs[name]]
+        return f"±{(max(values) - min(values)) / 2:.3g}" if len(values) > 1 else ""
+
+    naive_tps = med("naive", "output_tokens_per_s")
+    columns = ["server", "output tokens/s", "vs naive", "TTFT p50 (s)", "TTFT p99 (s)",
+               "inter-token p50 / p99 (ms)", "J per token", "failed"]  # fmt: skip
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    for name in runs:
+        tps = med(name, "output_tokens_per_s")
+        itl = [r["inter_token_p50_s"] for r in runs[name]]
+        itl99 = [r["inter_token_p99_s"] for r in runs[name]]
+        itl_cell = (
+            f"{np.median(itl) * 1000:.1f} / {np.median(itl99) * 1000:.1f}"
+            if None not in itl else "whole answer at once"
+        )  # fmt: skip
+        lines.append(
+            f"| {name} | {tps:.1f} {spread(name, 'output_tokens_per_s')} | {tps / naive_tps:.2f}x "
+            f"| {med(name, 'ttft_p50_s'):.2f} | {med(name, 'ttft_p99_s'):.2f} "
+            f"{spread(name, 'ttft_p99_s')} | {itl_cell} "
+            f"| {med(name, 'energy_per_token_j'):.4f} {spread(name, 'energy_per_token_j')} "
+            f"| {sum(r['failed'] for r in runs[name])} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--qps", type=float, default=4.0)
+    parser.add_argument("--requests", type=int, default=48)
+    parser.add_argument("--output-tokens", type=int, nargs=2, default=(16, 128))
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--static-batch", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per server")
+    parser.add_argument("--servers", nargs="+", default=["naive", "static", "kilowatt"])
+    args = parser.parse_args(argv)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in args.servers}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model_dir = build_gpt2_folder(work / MODEL, n_layer=6, n_embd=384, n_head=6,
+                                      n_positions=512, vocab_size=512)  # fmt: skip
+        for repeat in range(args.repeats):
+            for name in args.servers:
+                port = free_port()
+                command = commands(work, model_dir, port, args.static_batch)[name]
+                result = measure(name, command, port, args)
+                runs[name].append(result)
+                print(f"repeat {repeat + 1} {name}: {result['output_tokens_per_s']:.1f} tok/s, "
+                      f"TTFT p99 {result['ttft_p99_s']:.2f} s, "
+                      f"{result['energy_per_token_j']:.4f} J/token", flush=True)  # fmt: skip
+    mean_tokens = sum(args.output_tokens) / 2
+    print(f"\noffered load: {args.qps:g} req/s x {mean_tokens:g} tokens = "
+          f"{args.qps * mean_tokens:.0f} output tokens/s; {args.requests} requests\n")  # fmt: skip
+    print(table(runs))
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "generate.json"
+    doc = {"args": vars(args), "machine": platform.platform(), "cpus": os.cpu_count(),
+           "servers": runs}  # fmt: skip
+    out.write_text(json.dumps(doc, indent=2))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

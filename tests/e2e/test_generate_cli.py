@@ -1,0 +1,46 @@
+"""`kilowatt generate train` and `kilowatt generate serve` through the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from kilowatt.catalog import load_catalog
+from kilowatt.cli.generate_cmd import record_serving_calibration
+from kilowatt.cli.main import main
+from kilowatt.plan import load_calibration
+from kilowatt.plan.calibration import serving_class
+from kilowatt.serve.generate import SamplingParams, load_runner
+from kilowatt.serve.generate.engine import GenerationEngine
+
+pytestmark = pytest.mark.e2e
+
+
+def test_train_writes_a_servable_model_whose_serving_calibrates_the_planner(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["generate", "train", str(tmp_path / "tiny"), "--steps", "2"]) == 0
+    assert "kilowatt generate serve" in capsys.readouterr().out
+    engine = GenerationEngine(load_runner(tmp_path / "tiny", num_blocks=32, block_size=16))
+    engine.start()
+    try:
+        answer = engine.generate("The grid", SamplingParams(max_tokens=5, temperature=0))
+    finally:
+        engine.close()
+    assert answer.report.completion_tokens == 5
+    assert engine.tokens_fed == 8 + 4  # the prompt, then each new token but the last
+    mfu = record_serving_calibration(engine)
+    peak = load_catalog().accelerator("cpu").peak_flops("fp32") * torch.get_num_threads()
+    assert mfu == pytest.approx(engine.achieved_flops() / peak)
+    assert load_calibration().mfu("cpu", serving_class("transformer")) == pytest.approx(mfu)
+
+
+def test_serve_refuses_a_folder_without_a_causal_lm(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["generate", "serve", str(tmp_path), "--no-meter"]) == 1
+    err = capsys.readouterr().err
+    assert "is not a causal language model folder" in err
+    assert "kilowatt generate train" in err

@@ -1,0 +1,225 @@
+"""The continuous-batching engine: its answers equal the model's own greedy generation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from kilowatt.serve.errors import DeadlineUnmeetable, InvalidInput
+from kilowatt.serve.generate.engine import (
+    EngineConfig,
+    Finished,
+    GenerationEngine,
+    GenerationReport,
+)
+from kilowatt.serve.generate.hfbuild import build_gpt2_folder
+from kilowatt.serve.generate.lm import HFRunner, PagedRunner, load_runner
+from kilowatt.serve.generate.sampling import SamplingParams
+from kilowatt.serve.generate.tinygpt import ByteTokenizer, TinyGPT, TinyGPTConfig
+
+PROMPTS = [
+    "The grid",
+    "A language model answers one token at a time, and each step reads every weight.",
+    "x",
+    "Every request a server answers costs energy.",
+]
+LENGTHS = [20, 7, 30, 12]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    # Tiny matrices: a second thread only adds synchronisation on a shared machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> TinyGPT:
+    torch.manual_seed(0)
+    return TinyGPT(TinyGPTConfig(context=128)).eval()
+
+
+@pytest.fixture(scope="module")
+def gpt2_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_gpt2_folder(tmp_path_factory.mktemp("gpt2"), n_positions=128)
+
+
+def paged_engine(model: TinyGPT, on_finish: Any = None, **config: int) -> GenerationEngine:
+    settings = {"num_blocks": 64, "block_size": 8, "prefill_tokens_per_step": 16, **config}
+    engine_config = EngineConfig(**settings)
+    runner = PagedRunner(model, engine_config.num_blocks, engine_config.block_size, "tiny")
+    engine = GenerationEngine(runner, engine_config, on_finish=on_finish)
+    engine.start()
+    return engine
+
+
+def greedy(n: int) -> SamplingParams:
+    return SamplingParams(max_tokens=n, temperature=0)
+
+
+async def run_all(engine: GenerationEngine, prompts: list[str], lengths: list[int]) -> list:
+    streams = [await engine.submit(p, greedy(n)) for p, n in zip(prompts, lengths, strict=True)]
+    return list(await asyncio.gather(*(s.collect() for s in streams)))
+
+
+def hf_reference(runner: HFRunner, prompt: str, n: int) -> list[int]:
+    ids = torch.tensor([runner.tokenizer.encode(prompt)])
+    out = runner.model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False
+    )
+    return out[0, ids.shape[1] :].tolist()
+
+
+def test_mixed_batch_equals_step_by_step_greedy_on_the_paged_cache(tiny: TinyGPT) -> None:
+    # Mixed prompt and answer lengths, a 16-token prefill budget (the long prompt is fed in
+    # chunks beside the decoders) and sequences leaving at different steps.
+    engine = paged_engine(tiny)
+    try:
+        results = asyncio.run(run_all(engine, PROMPTS, LENGTHS))
+    finally:
+        engine.close()
+    tokenizer = ByteTokenizer()
+    for prompt, n, result in zip(PROMPTS, LENGTHS, results, strict=True):
+        assert list(result.token_ids) == tiny.greedy(tokenizer.encode(prompt), n)
+        assert result.finish_reason == "length"
+    assert engine.blocks.free_blocks == engine.blocks.num_blocks
+
+
+def test_mixed_batch_equals_generate_for_a_transformers_model(gpt2_folder: Path) -> None:
+    runner = load_runner(gpt2_folder, num_blocks=64, block_size=8)
+    assert isinstance(runner, HFRunner)
+    engine = GenerationEngine(
+        runner, EngineConfig(num_blocks=64, block_size=8, prefill_tokens_per_step=8)
+    )
+    engine.start()
+    try:
+        results = asyncio.run(run_all(engine, PROMPTS, LENGTHS))
+    finally:
+        engine.close()
+    for prompt, n, result in zip(PROMPTS, LENGTHS, results, strict=True):
+        assert list(result.token_ids) == hf_reference(runner, prompt, n)
+
+
+def test_a_request_joining_mid_batch_gets_the_tokens_it_gets_alone(tiny: TinyGPT) -> None:
+    engine = paged_engine(tiny)
+
+    async def scenario() -> tuple[Finished, Finished, Finished]:
+        first = await engine.submit(PROMPTS[1], greedy(40))
+        tokens = first.__aiter__()
+        for _ in range(5):  # the first request is decoding when the second arrives
+            await anext(tokens)
+        second = await engine.submit(PROMPTS[3], greedy(12))
+        joined = await second.collect()
+        first_done = [item async for item in tokens][-1]
+        alone = await (await engine.submit(PROMPTS[3], greedy(12))).collect()
+        return joined, first_done, alone
+
+    try:
+        joined, first_done, alone = asyncio.run(scenario())
+    finally:
+        engine.close()
+    assert joined.token_ids == alone.token_ids
+    assert list(joined.token_ids) == tiny.greedy(ByteTokenizer().encode(PROMPTS[3]), 12)
+    # the first request's answer is untouched by the newcomer
+    assert isinstance(first_done, Finished)
+    assert list(first_done.token_ids) == tiny.greedy(ByteTokenizer().encode(PROMPTS[1]), 40)
+
+
+def test_kv_exhaustion_queues_and_preempts_instead_of_failing(tiny: TinyGPT) -> None:
+    # 6 blocks of 8 slots; each request needs 5 blocks (5 prompt + 35 answer tokens), so the
+    # second must wait or be preempted and recomputed, and every answer stays exact.
+    engine = paged_engine(tiny, num_blocks=6)
+    prompts = ["abcde", "fghij", "klmno"]
+    try:
+        results = asyncio.run(run_all(engine, prompts, [35, 35, 35]))
+    finally:
+        engine.close()
+    tokenizer = ByteTokenizer()
+    for prompt, result in zip(prompts, results, strict=True):
+        assert list(result.token_ids) == tiny.greedy(tokenizer.encode(prompt), 35)
+    assert sum(r.report.preemptions for r in results) >= 1
+    assert engine.blocks.free_blocks == 6
+
+
+def test_a_client_leaving_mid_stream_frees_its_blocks(tiny: TinyGPT) -> None:
+    reports: list[GenerationReport] = []
+    engine = paged_engine(tiny, on_finish=reports.append)
+
+    async def leave_early() -> int:
+        stream = await engine.submit(PROMPTS[1], greedy(40))
+        iterator = stream.__aiter__()
+        await anext(iterator)
+        await anext(iterator)
+        held = len(engine.blocks.table(stream.seq_id))
+        await iterator.aclose()  # what a cancelled HTTP response does
+        deadline = time.monotonic() + 30
+        while not reports and time.monotonic() < deadline:  # the loop stays alive meanwhile
+            await asyncio.sleep(0.01)
+        return held
+
+    try:
+        held = asyncio.run(leave_early())
+    finally:
+        engine.close()
+    assert held > 0
+    assert engine.blocks.free_blocks == engine.blocks.num_blocks
+    assert engine.running == 0
+    assert [r.finish_reason for r in reports] == ["abort"]
+    assert reports[0].completion_tokens < 40
+
+
+def test_stop_sequence_ends_the_answer_before_it(tiny: TinyGPT) -> None:
+    tokenizer = ByteTokenizer()
+    full = tokenizer.decode(tiny.greedy(tokenizer.encode(PROMPTS[0]), 30))
+    stop = full[10:13]
+    engine = paged_engine(tiny)
+
+    async def stream_text() -> tuple[str, Finished]:
+        text = ""
+        stream = await engine.submit(PROMPTS[0], SamplingParams(30, 0, stop=(stop,)))
+        async for item in stream:
+            if isinstance(item, Finished):
+                return text, item
+            text += item.text
+        raise AssertionError("no Finished")
+
+    try:
+        streamed, finished = asyncio.run(stream_text())
+    finally:
+        engine.close()
+    assert finished.text == full[: full.find(stop)]
+    assert streamed == finished.text
+    assert finished.finish_reason == "stop"
+
+
+def test_seeded_sampling_repeats_and_another_seed_differs(tiny: TinyGPT) -> None:
+    engine = paged_engine(tiny)
+    try:
+        answers = [
+            engine.generate(PROMPTS[0], SamplingParams(30, 2.0, 0.95, seed=seed)).token_ids
+            for seed in (7, 7, 8)
+        ]
+    finally:
+        engine.close()
+    assert answers[0] == answers[1]
+    assert answers[0] != answers[2]
+
+
+def test_a_prompt_longer_than_the_context_is_refused(tiny: TinyGPT) -> None:
+    engine = paged_engine(tiny)
+    try:
+        with pytest.raises(InvalidInput, match="context of 128 tokens"):
+            engine.generate("y" * 120, greedy(16))
+        with pytest.raises(DeadlineUnmeetable, match="deadline"):
+            asyncio.run(engine.submit("hi", greedy(4), deadline_s=time.monotonic() - 1))
+    finally:
+        engine.close()
+    assert engine.blocks.free_blocks == engine.blocks.num_blocks
