@@ -25,6 +25,7 @@ from kilowatt.data._dataset import (
     verify_dataset,
 )
 from kilowatt.data._manifest import Manifest, ShardInfo
+from kilowatt.data._spec import check_quality, loader_from_spec, storage_from_settings
 from kilowatt.data._stats import DataDiff, diff_stats
 from kilowatt.data._storage import Storage
 
@@ -45,11 +46,14 @@ __all__ = [
     "ShardStream",
     "Storage",
     "VerifyReport",
+    "check_quality",
     "create_dataset",
     "delete_dataset",
     "diff_stats",
     "list_versions",
+    "loader_from_spec",
     "open_dataset",
+    "storage_from_settings",
     "verify_dataset",
 ]
 

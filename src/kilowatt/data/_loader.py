@@ -65,6 +65,8 @@ class LoaderOptions:
     memory_cache_bytes: int = 256 * 1024 * 1024
     cache_policy: Policy = "belady"
     cache_aware_order: bool = False
+    #: ``(inputs, targets)`` columns: batches become ``(batch[inputs], batch[targets])``.
+    pair: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "world_size", "shuffle_window"):
@@ -310,11 +312,14 @@ class Loader:
         self.stats = LoaderStats()
 
     def for_rank(self, batch_size: int, rank: int, world_size: int, seed: int) -> Loader:
-        """A copy reading ``rank``'s share in batches of ``batch_size`` (for the Trainer)."""
+        """A copy reading ``rank``'s share in batches of ``batch_size`` (for the Trainer);
+        it adds its figures to this loader's ``stats``."""
         options = dataclasses.replace(
             self.options, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed
         )
-        return Loader(self.version, options=options)
+        copy = Loader(self.version, options=options)
+        copy.stats = self.stats
+        return copy
 
     def set_epoch(self, epoch: int) -> None:
         """Read ``epoch`` next; a different epoch than the saved one starts at its beginning."""
@@ -368,7 +373,7 @@ class Loader:
             self._sum_stats()
             self.stats.batches += 1
             self.stats.samples += _batch_len(batch)
-            yield batch
+            yield batch if self.options.pair is None else _pair(batch, self.options.pair)
         self.epoch, self._positions = self.epoch + 1, {}
 
     def _sum_stats(self) -> None:
@@ -441,6 +446,17 @@ def _stack(values: list[Any]) -> Any:
     if isinstance(first, np.ndarray | np.generic | int | float):
         return np.asarray(values)
     return values
+
+
+def _pair(batch: Any, columns: tuple[str, str]) -> tuple[Any, Any]:
+    try:
+        return batch[columns[0]], batch[columns[1]]
+    except (KeyError, TypeError):
+        names = list(batch) if isinstance(batch, Mapping) else type(batch).__name__
+        raise DataError(
+            f"batches have columns {names}, not inputs {columns[0]!r} and targets "
+            f"{columns[1]!r}; name two of its columns"
+        ) from None
 
 
 def _batch_len(batch: Any) -> int:

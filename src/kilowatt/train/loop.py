@@ -174,8 +174,7 @@ class Loop:
         loop_state = state.get("loop", {})
         self.best, self.bad_evals = loop_state.get("best"), loop_state.get("bad_evals", 0)
         self.eval_metrics = loop_state.get("eval_metrics", {})
-        self.data.epoch = rank_state["data"]["epoch"]
-        self.data.batch_in_epoch = rank_state["data"]["batch_in_epoch"]
+        self.data.restore(rank_state["data"])
         restore_rng(rank_state["rng"])
 
     # --- the loop
