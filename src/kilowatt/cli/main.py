@@ -37,6 +37,7 @@ def _register_commands() -> None:
     # Each module adds its commands to ``app``; the order is the order of ``--help``.
     from kilowatt.cli import (
         catalog_cmd,
+        data_cmd,
         jobs_cmd,
         models_cmd,
         plan_cmd,
@@ -59,6 +60,7 @@ def _register_commands() -> None:
         models_cmd,
         store_cmd,
         jobs_cmd,
+        data_cmd,
         ui_cmd,
         version_cmd,
     ):
