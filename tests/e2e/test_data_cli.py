@@ -140,8 +140,12 @@ def test_train_reads_a_data_set_and_records_the_lineage_edge(
     with open_store(Settings.from_env()) as store:
         dataset = store.get_dataset("reg", "v1")
         graph = store.lineage_of(("dataset", str(dataset.id)))
-    runs = [n for n in graph.children(("dataset", str(dataset.id))) if n.kind == "run"]
-    assert len(runs) == 1
+        runs = [n for n in graph.children(("dataset", str(dataset.id))) if n.kind == "run"]
+        assert len(runs) == 1
+        metrics = store.latest_metrics(runs[0].id)
+    # 20 steps of 16 cover the 256 rows once or more: every shard was read at least once.
+    assert metrics["data_remote_bytes"] >= dataset.size_bytes
+    assert metrics["data_wait_s"] > 0 and 0.0 <= metrics["data_memory_hit_rate"] <= 1.0
 
     spec.write_text(spec.read_text().replace("min_rows: 100", "min_rows: 1000"))
     assert main(["train", str(spec)]) == 1

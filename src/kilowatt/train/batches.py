@@ -75,6 +75,10 @@ class BatchStream:
             position["loader"] = self._loader.state_dict()
         return position
 
+    def metrics(self) -> dict[str, float]:
+        """The resumable loader's figures (cache tiers, fetch latency, data wait), if any."""
+        return self._loader.stats.metrics() if self._loader is not None else {}
+
     def restore(self, position: dict[str, Any]) -> None:
         """Continue from a saved ``position()``."""
         self.epoch, self.batch_in_epoch = position["epoch"], position["batch_in_epoch"]

@@ -278,6 +278,7 @@ class Loop:
             flops_per_s=flops_per_s,
             mfu=flops_per_s / self.o.peak_flops if flops_per_s and self.o.peak_flops else None,
             power_w=energy_j / elapsed_s if energy_j is not None and elapsed_s > 0 else None,
+            data=self.data.metrics(),
         )
         self.events.emit("on_step", event)
 

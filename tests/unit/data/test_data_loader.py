@@ -124,3 +124,33 @@ def test_a_quota_smaller_than_one_shard_is_refused_up_front(
 def test_unknown_data_set_names_the_url(storage: Storage) -> None:
     with pytest.raises(DataError, match=r"no data set version at .*/nope/v9"):
         Loader("nope:v9", storage)
+
+
+def test_trainer_exports_the_loaders_figures_as_prometheus_metrics(
+    toy: DataSetVersion, tmp_path: Path
+) -> None:
+    import torch
+    from prometheus_client import CollectorRegistry
+
+    from kilowatt.train import Trainer
+    from kilowatt.train.metrics import PrometheusCallback
+
+    registry = CollectorRegistry()
+    loader = Loader(toy, memory_cache_bytes=0)
+    model = torch.nn.Linear(2, 1)
+    Trainer(
+        model,
+        training_step=lambda m, batch: m(batch["x"]).pow(2).mean(),
+        train_data=loader,
+        steps=ROWS // 16,  # exactly one epoch in batches of 16
+        batch_size=16,
+        log_every=1,
+        callbacks=[PrometheusCallback(registry=registry)],
+        checkpoint={"url": str(tmp_path / "ckpt")},
+        progress=False,
+        meter=None,
+    ).fit()
+    assert registry.get_sample_value("kilowatt_train_data_remote_bytes") == toy.manifest.bytes
+    assert registry.get_sample_value("kilowatt_train_data_wait_s") == pytest.approx(
+        loader.stats.wait_s
+    )
