@@ -16,9 +16,10 @@ Per loader: remote bytes per epoch (and epochs 2-3 against the optimum for the c
 (1 - cache/data set) x data set per epoch), samples/s to a consumer that does nothing,
 and the stall fraction of a consumer that spends ``--compute-ms`` per batch.
 
-The peers pull torchvision, so they run from their own virtual environment, created on
-first use under ``~/.cache/kilowatt-bench/data-peers`` with ``torch==2.13.0`` as a
-constraint (the project's torch).
+The peers import torchvision, so they run from their own virtual environment, created on
+first use under ``~/.cache/kilowatt-bench/data-peers``: PyPI's torchvision does not import
+beside the project's torch 2.13.0 CPU build ("operator torchvision::nms does not exist"),
+so that environment takes the torch 2.14.1 / torchvision 0.29.1 pair that does.
 
 Usage: python bench/data.py [--size-mb 1024] [--shard-mb 32] [--repeats 1]
 """
@@ -44,6 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "data.json"
 PEER_VENV = Path.home() / ".cache" / "kilowatt-bench" / "data-peers"
+PEER_TORCH = ["torch==2.14.1", "torchvision==0.29.1"]  # a pair whose torchvision imports
 PEER_PACKAGES = ["mosaicml-streaming", "litdata", "s3fs", "boto3", "numpy"]
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 BUCKET = "bench"
@@ -205,9 +207,9 @@ def peer_python() -> Path:
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
         pip = [str(python), "-m", "pip", "install", "-q"]
-        subprocess.run([*pip, "torch==2.13.0"], check=True)
+        subprocess.run([*pip, *PEER_TORCH], check=True)
         constraints = PEER_VENV / "constraints.txt"
-        constraints.write_text("torch==2.13.0\n")
+        constraints.write_text("\n".join(PEER_TORCH) + "\n")
         subprocess.run([*pip, "-c", str(constraints), *PEER_PACKAGES], check=True)
     return python
 
@@ -237,16 +239,28 @@ def run_variant(
     env = {**os.environ, **CREDENTIALS, "PYTHONPATH": str(ROOT / "src")}
     if runner == "streaming":
         env["S3_ENDPOINT_URL"] = proxy_url
-    completed = subprocess.run(
+    before = remote_bytes(proxy_url)
+    # Its own session, so a loader that overruns is stopped with its DataLoader workers.
+    process = subprocess.Popen(
         [python, __file__, "--run", json.dumps(config)],
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=args.timeout_s,
+        start_new_session=True,
     )
-    if completed.returncode != 0:
-        raise RuntimeError(f"{name} failed:\n{completed.stderr[-3000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    try:
+        stdout, stderr = process.communicate(timeout=args.variant_timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, 9)
+        process.communicate()
+        return {
+            "timed_out_s": args.variant_timeout_s,
+            "remote_bytes": remote_bytes(proxy_url) - before,
+        }
+    if process.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{stderr[-3000:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def _measure_epochs(batches_of_epoch: Any, config: dict[str, Any]) -> dict[str, Any]:
@@ -339,7 +353,11 @@ def _run_streaming(config: dict[str, Any]) -> dict[str, Any]:
 
 def _run_litdata(config: dict[str, Any]) -> dict[str, Any]:
     import litdata
+    from litdata.streaming import downloader
 
+    # Its fast path (obstore) refuses plain-http endpoints unless allowed; this release
+    # takes no allow_http through storage_options (they go to boto3), so set it here.
+    downloader._OBSTORE_CLIENT_OPTIONS["allow_http"] = "true"
     dataset = litdata.StreamingDataset(
         config["data"]["litdata"]["url"],
         cache_dir=config["cache_dir"],
@@ -349,7 +367,6 @@ def _run_litdata(config: dict[str, Any]) -> dict[str, Any]:
             "endpoint_url": config["endpoint"],
             "aws_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"],
             "aws_secret_access_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-            "allow_http": True,
         },
         **config["settings"],
     )
@@ -431,6 +448,13 @@ def _litdata_samples(item: tuple[float, int, int]) -> Any:
 
 def summarise(name: str, runs: list[dict[str, Any]], data_bytes: int) -> dict[str, Any]:
     optimum = data_bytes - data_bytes // 2
+    overran = [r for r in runs if "timed_out_s" in r]
+    if overran:
+        return {
+            "loader": name,
+            "timed_out_s": overran[0]["timed_out_s"],
+            "remote_mb_before_timeout": max(r["remote_bytes"] for r in overran) / MIB,
+        }
     later = [r["epochs"][e]["remote_bytes"] for r in runs for e in (1, 2)]
     ceiling = [r["epochs"][e]["samples"] / r["epochs"][e]["seconds"] for r in runs for e in (1, 2)]
     cold = [r["epochs"][0]["samples"] / r["epochs"][0]["seconds"] for r in runs]
@@ -449,7 +473,11 @@ def summarise(name: str, runs: list[dict[str, Any]], data_bytes: int) -> dict[st
 
 
 def print_table(rows: list[dict[str, Any]], data: dict[str, Any], args: argparse.Namespace) -> None:
-    peers = [r for r in rows if r["loader"].split()[0] in ("streaming", "litdata")]
+    peers = [
+        r
+        for r in rows
+        if r["loader"].split()[0] in ("streaming", "litdata") and "timed_out_s" not in r
+    ]
     best_bytes = min((r["remote_mb_per_later_epoch"] for r in peers), default=float("nan"))
     best_rate = max((r["samples_per_s"] for r in peers), default=float("nan"))
     fsspec_cold = next((r["cold_samples_per_s"] for r in rows if r["loader"] == "fsspec"), None)
@@ -466,6 +494,12 @@ def print_table(rows: list[dict[str, Any]], data: dict[str, Any], args: argparse
     )
     print(header)
     for r in rows:
+        if "timed_out_s" in r:
+            print(
+                f"{r['loader']:<22} did not finish {args.epochs} epochs + 1 in "
+                f"{r['timed_out_s']} s; {r['remote_mb_before_timeout']:.0f} MiB fetched by then"
+            )
+            continue
         cold = r["cold_samples_per_s"] / fsspec_cold if fsspec_cold else float("nan")
         print(
             f"{r['loader']:<22}{r['remote_mb_epoch_1']:>9.0f}{r['remote_mb_per_later_epoch']:>14.0f}"
@@ -486,7 +520,8 @@ def main() -> None:
     parser.add_argument("--compute-ms", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--loaders", default=",".join(VARIANTS))
-    parser.add_argument("--timeout-s", type=int, default=1800)
+    parser.add_argument("--timeout-s", type=int, default=1800, help="writing each format")
+    parser.add_argument("--variant-timeout-s", type=int, default=600, help="each loader's run")
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--write-peer", help=argparse.SUPPRESS)
     args = parser.parse_args()
