@@ -168,3 +168,18 @@ def test_stats_at_create_time_and_diff_shows_schema_change_and_shift(storage: St
     assert diff.shifted == ["x"]
     same = diff_stats(a.manifest.stats, a.manifest.stats)
     assert same.shifted == [] and same.columns["x"]["psi"] == pytest.approx(0.0)
+
+
+def test_a_training_spec_names_a_data_set_by_reference_or_mapping() -> None:
+    from kilowatt.errors import SpecError
+    from kilowatt.spec import TrainSpec, load_spec
+
+    base = {"name": "job", "model": "m:f", "loss": "m:l"}
+    short = load_spec(TrainSpec, {**base, "data": "digits:v1"})
+    assert short.data is not None and short.data.dataset == "digits:v1"
+    full = load_spec(TrainSpec, {**base, "data": {"dataset": "s3://b/d/v1", "workers": 2}})
+    assert full.data is not None and full.data.workers == 2
+    with pytest.raises(SpecError, match="both 'inputs' and 'targets'"):
+        load_spec(TrainSpec, {**base, "data": {"dataset": "d:v1", "inputs": "x"}})
+    with pytest.raises(SpecError, match="exactly one of 'dataset' or 'dataloader'"):
+        load_spec(TrainSpec, {**base, "data": "d:v1", "dataset": "m:ds"})
