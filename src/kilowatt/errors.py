@@ -20,7 +20,8 @@ API maps each class to one HTTP status (``kilowatt.api``).
     ├── ServeError             a model cannot be loaded or a request cannot be served
     │   └── Overloaded         admission control refused a request
     ├── PermissionDenied       the caller's role does not allow the operation
-    └── BackendError           an execution backend (local queue, Ray) failed
+    ├── BackendError           an execution backend (local queue, Ray) failed
+    └── DataError              a data set, shard or cache cannot be read, written or verified
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "CatalogLookupError",
     "CheckpointError",
     "Conflict",
+    "DataError",
     "KilowattError",
     "MeterUnavailable",
     "NotFound",
@@ -116,3 +118,7 @@ class PermissionDenied(KilowattError):
 
 class BackendError(KilowattError):
     """An execution backend (the local queue or Ray) failed."""
+
+
+class DataError(KilowattError):
+    """A data set, shard or cache cannot be read, written or verified (names the URL)."""

@@ -38,6 +38,7 @@ def _register_commands() -> None:
     from kilowatt.cli import (
         catalog_cmd,
         generate_cmd,
+        data_cmd,
         jobs_cmd,
         models_cmd,
         ops_cmd,
@@ -55,6 +56,7 @@ def _register_commands() -> None:
         quickstart_cmd,
         plan_cmd,
         catalog_cmd,
+        data_cmd,
         train_cmd,
         serve_cmd,
         generate_cmd,

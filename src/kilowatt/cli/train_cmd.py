@@ -114,6 +114,10 @@ def _run_train(
             tags=spec.tags,
             settings=settings,
         )
+        if spec.data is not None:  # lineage: data set -> run
+            from kilowatt.cli.data_cmd import record_input
+
+            record_input(run, spec.data.dataset, settings)
         prediction = predict(spec, catalog, overrides, settings)
         callbacks.append(StoreRecorder(run.id, settings, prediction))
     status = "failed"

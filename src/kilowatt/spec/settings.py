@@ -32,12 +32,16 @@ class Settings(BaseModel):
     user: str
     audit_witness_url: str | None = None
     audit_witness_every: int = Field(default=100, ge=1)
+    data_url: str | None = None
+    s3_endpoint_url: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read ``KILOWATT_HOME``, ``KILOWATT_STORE_URL``, ``KILOWATT_ARTIFACTS_URL``,
         ``KILOWATT_USER`` (defaults: ``~/.kilowatt``, SQLite and a folder inside it, the OS user),
         ``KILOWATT_AUDIT_WITNESS_URL`` and ``KILOWATT_AUDIT_WITNESS_EVERY`` (default 100).
+        ``KILOWATT_DATA_URL`` (where data sets live) and ``KILOWATT_S3_ENDPOINT_URL`` (an
+        S3-compatible server for ``s3://`` URLs).
         """
         env = os.environ if env is None else env
         home = Path(env.get("KILOWATT_HOME") or Path.home() / ".kilowatt").expanduser()
@@ -48,7 +52,19 @@ class Settings(BaseModel):
             user=env.get("KILOWATT_USER") or _os_user(),
             audit_witness_url=env.get("KILOWATT_AUDIT_WITNESS_URL") or None,
             audit_witness_every=_positive_int(env, "KILOWATT_AUDIT_WITNESS_EVERY", 100),
+            data_url=env.get("KILOWATT_DATA_URL") or None,
+            s3_endpoint_url=env.get("KILOWATT_S3_ENDPOINT_URL") or None,
         )
+
+    @property
+    def data_root(self) -> str:
+        """Where ``NAME:VERSION`` data sets live (default: a folder in ``home``)."""
+        return self.data_url or str(self.home / "data")
+
+    @property
+    def data_cache_dir(self) -> Path:
+        """The disk tier of the shard cache, shared by every job on this machine."""
+        return self.home / "cache" / "shards"
 
     @property
     def catalog_dir(self) -> Path:

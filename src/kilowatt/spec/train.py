@@ -22,6 +22,7 @@ from pydantic import Field, field_validator, model_validator
 
 from kilowatt.spec.backend import BackendSpec
 from kilowatt.spec.base import Spec
+from kilowatt.spec.data import DataSpec
 
 __all__ = [
     "CheckpointSpec",
@@ -187,6 +188,8 @@ class TrainSpec(TrainOptions):
             ``training_step``: ``(model, batch) -> Tensor``.
         scheduler: ``(optimizer) -> LRScheduler`` (stepped once per optimizer step).
         eval_dataset: ``() -> Dataset``.
+        data: instead of ``dataset``: a versioned data set streamed by ``kilowatt.data``
+            (``NAME:VERSION``, a URL, or a ``DataSpec`` mapping).
 
     Attributes:
         name: the job's name (names the run and the default checkpoint folder).
@@ -207,6 +210,7 @@ class TrainSpec(TrainOptions):
     optimizer: str | None = None
     dataset: str | None = None
     dataloader: str | None = None
+    data: DataSpec | None = None
     eval_dataset: str | None = None
     loss: str | None = None
     training_step: str | None = None
@@ -236,8 +240,9 @@ class TrainSpec(TrainOptions):
 
     @model_validator(mode="after")
     def _one_of_each(self) -> TrainSpec:
-        if (self.dataset is None) == (self.dataloader is None):
-            raise ValueError("give exactly one of 'dataset' or 'dataloader'")
+        sources = [self.dataset, self.dataloader, self.data]
+        if sum(source is not None for source in sources) != 1:
+            raise ValueError("give exactly one of 'dataset' or 'dataloader' (or 'data')")
         if (self.loss is None) == (self.training_step is None):
             raise ValueError("give exactly one of 'loss' or 'training_step'")
         return self

@@ -36,7 +36,9 @@ class BatchStream:
     From a map-style dataset it builds, per epoch, a ``DistributedSampler`` (shuffled from
     ``seed`` + epoch, sharded by rank) and a ``DataLoader`` with its own generator, so the
     order never depends on the global RNG and a resumed stream yields exactly what the
-    uninterrupted one would. From a loader factory it replays each epoch and skips.
+    uninterrupted one would. From a loader factory it replays each epoch and skips. A
+    resumable loader (``kilowatt.data.Loader``: ``for_rank``, ``state_dict``) keeps its own
+    position, which is saved with the stream's and restored without re-reading.
     """
 
     def __init__(
@@ -55,6 +57,9 @@ class BatchStream:
         self.seed, self.shuffle = seed, shuffle
         self.epoch, self.batch_in_epoch = epoch, batch_in_epoch
         self._iterator: Iterator[Any] | None = None
+        self._loader = (
+            source.for_rank(batch_size, rank, world_size, seed) if _is_resumable(source) else None
+        )
         if isinstance(source, Sized):
             per_rank = len(source) // world_size
             if per_rank < batch_size:
@@ -65,7 +70,20 @@ class BatchStream:
 
     def position(self) -> dict[str, int]:
         """Where the next batch comes from; saved in checkpoints."""
-        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+        position: dict[str, Any] = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+        if self._loader is not None:
+            position["loader"] = self._loader.state_dict()
+        return position
+
+    def metrics(self) -> dict[str, float]:
+        """The resumable loader's figures (cache tiers, fetch latency, data wait), if any."""
+        return self._loader.stats.metrics() if self._loader is not None else {}
+
+    def restore(self, position: dict[str, Any]) -> None:
+        """Continue from a saved ``position()``."""
+        self.epoch, self.batch_in_epoch = position["epoch"], position["batch_in_epoch"]
+        if self._loader is not None and "loader" in position:
+            self._loader.load_state_dict(position["loader"])
 
     def __iter__(self) -> BatchStream:
         return self
@@ -85,6 +103,9 @@ class BatchStream:
         raise SpecError("the data source yielded no batch in a whole epoch; is it empty?")
 
     def _open_epoch(self) -> Iterator[Any]:
+        if self._loader is not None:
+            self._loader.set_epoch(self.epoch)
+            return iter(self._loader)
         if _is_factory(self.source):
             loader = self.source(self.batch_size, self.rank, self.world_size)
             return itertools.islice(iter(loader), self.batch_in_epoch, None)
@@ -122,6 +143,10 @@ def eval_batches(
 def _is_factory(source: Any) -> bool:
     # A map-style dataset indexes; a loader factory is a plain callable.
     return callable(source) and not hasattr(source, "__getitem__")
+
+
+def _is_resumable(source: Any) -> bool:
+    return hasattr(source, "for_rank") and hasattr(source, "state_dict")
 
 
 def move_to(batch: Any, device: torch.device) -> Any:

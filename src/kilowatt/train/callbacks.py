@@ -61,6 +61,8 @@ class StepEvent:
         flops_per_s: achieved FLOP/s (None unless ``model_flops_per_sample`` is known).
         mfu: achieved / peak FLOP/s (None unless both are known).
         power_w: the job's average power over the interval (None without a meter).
+        data: the data loader's figures (``data_*``: bytes and hit rate per cache tier,
+            fetch latency, time waited for batches), when it keeps them.
     """
 
     step: int
@@ -72,13 +74,15 @@ class StepEvent:
     flops_per_s: float | None = None
     mfu: float | None = None
     power_w: float | None = None
+    data: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
         """The numeric figures by name, for a tracker."""
         # Plain attribute reads: ``asdict`` deep-copies every value, a cost paid on every
         # logged step for nothing on a flat record of numbers.
-        named = ((f.name, getattr(self, f.name)) for f in fields(self) if f.name != "step")
-        return {name: value for name, value in named if value is not None}
+        skip = ("step", "data")
+        named = ((f.name, getattr(self, f.name)) for f in fields(self) if f.name not in skip)
+        return {name: value for name, value in named if value is not None} | self.data
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 
 from kilowatt.errors import SpecError
 from kilowatt.meter import Accountant, EnergyMeter
-from kilowatt.spec import TrainSpec
+from kilowatt.spec import Settings, TrainSpec
 from kilowatt.train.callbacks import Callback
 from kilowatt.train.trainer import Trainer
 
@@ -102,7 +102,12 @@ def build_trainer(
         for key in SIGNATURES
         if (value := getattr(spec, key)) is not None
     }
-    train_data = entry["dataloader"] if "dataloader" in entry else entry["dataset"]()
+    if spec.data is not None:
+        from kilowatt.data import loader_from_spec
+
+        train_data: Any = loader_from_spec(spec.data, Settings.from_env())
+    else:
+        train_data = entry["dataloader"] if "dataloader" in entry else entry["dataset"]()
     eval_data = entry["eval_dataset"]() if "eval_dataset" in entry else None
     return Trainer(
         entry["model"],

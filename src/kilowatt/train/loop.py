@@ -168,8 +168,7 @@ class Loop:
         loop_state = state.get("loop", {})
         self.best, self.bad_evals = loop_state.get("best"), loop_state.get("bad_evals", 0)
         self.eval_metrics = loop_state.get("eval_metrics", {})
-        self.data.epoch = rank_state["data"]["epoch"]
-        self.data.batch_in_epoch = rank_state["data"]["batch_in_epoch"]
+        self.data.restore(rank_state["data"])
         restore_rng(rank_state["rng"])
 
     # --- the loop
@@ -287,6 +286,7 @@ class Loop:
             flops_per_s=flops_per_s,
             mfu=flops_per_s / self.o.peak_flops if flops_per_s and self.o.peak_flops else None,
             power_w=energy_j / elapsed_s if energy_j is not None and elapsed_s > 0 else None,
+            data=self.data.metrics(),
         )
         self.events.emit("on_step", event)
 

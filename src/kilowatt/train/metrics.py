@@ -43,10 +43,17 @@ class PrometheusCallback(Callback):
         self._server: Any = None
         self._registry = registry
         self._gauges: dict[str, Gauge] | None = None
+        self._data_gauges: dict[str, Gauge] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # Registries hold locks; a worker process builds its own.
-        return {**self.__dict__, "_registry": None, "_gauges": None, "_server": None}
+        return {
+            **self.__dict__,
+            "_registry": None,
+            "_gauges": None,
+            "_data_gauges": {},
+            "_server": None,
+        }
 
     @property
     def registry(self) -> CollectorRegistry:
@@ -88,6 +95,18 @@ class PrometheusCallback(Callback):
         self._gauge("step_seconds").set(event.step_time_s)
         if event.power_w is not None:
             self._gauge("power_watts").set(event.power_w)
+        for name, value in event.data.items():
+            self._data_gauge(name).set(value)
+
+    def _data_gauge(self, name: str) -> Gauge:
+        # The loader's figures: data_<tier>_bytes, data_<tier>_hit_rate, data_wait_s, ...
+        if name not in self._data_gauges:
+            self._data_gauges[name] = Gauge(
+                f"kilowatt_train_{name}",
+                f"Data loader: {name.removeprefix('data_').replace('_', ' ')} (so far).",
+                registry=self.registry,
+            )
+        return self._data_gauges[name]
 
     def on_checkpoint(self, event: CheckpointEvent) -> None:
         self._gauge("last_checkpoint_step").set(event.step)
