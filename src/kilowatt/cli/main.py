@@ -37,8 +37,8 @@ def _register_commands() -> None:
     # Each module adds its commands to ``app``; the order is the order of ``--help``.
     from kilowatt.cli import (
         catalog_cmd,
-        generate_cmd,
         data_cmd,
+        generate_cmd,
         jobs_cmd,
         models_cmd,
         ops_cmd,
