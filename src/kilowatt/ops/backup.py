@@ -33,16 +33,14 @@ from kilowatt.spec import Settings
 from kilowatt.store import Store
 from kilowatt.store import schema as t
 from kilowatt.store._engine import create_store_engine, schema_revision
+from kilowatt.store.audit_key import AUDIT_KEY_FILE
 
-__all__ = ["AUDIT_KEY_FILE", "BackupResult", "local_path_in", "take_backup"]
+__all__ = ["BackupResult", "local_path_in", "take_backup"]
 
-# The audit chain's key file in KILOWATT_HOME. It is left out of backups unless asked for:
-# a key stored beside the database it protects would let whoever holds the backup forge
-# a consistent chain.
-AUDIT_KEY_FILE = "audit.key"
 # Parts of the home that are not copied as plain files: the database (copied through its
 # backup API), artifacts and checkpoints (copied from what the database references), and
-# caches that are rebuilt on demand.
+# caches that are rebuilt on demand. The audit key is left out unless asked for: a key
+# stored beside the database it protects would let whoever holds the backup forge a chain.
 _SKIPPED_IN_HOME = ("artifacts", "checkpoints", "serve-cache", "profile", AUDIT_KEY_FILE)
 _SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 

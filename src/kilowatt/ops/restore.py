@@ -28,13 +28,14 @@ import fsspec
 import sqlalchemy as sa
 
 from kilowatt.errors import BackupError
-from kilowatt.ops.backup import AUDIT_KEY_FILE, local_path_in
+from kilowatt.ops.backup import local_path_in
 from kilowatt.ops.database import dialect_of, restore_postgres, scratch_postgres, sqlite_path
 from kilowatt.ops.repository import BackupObject, BackupRepository, Manifest
 from kilowatt.spec import Settings
 from kilowatt.store import Store, open_store
 from kilowatt.store import schema as t
 from kilowatt.store._engine import schema_revision
+from kilowatt.store.audit_key import AUDIT_KEY_FILE
 
 __all__ = ["RestoreReport", "restore_backup", "verify_audit_chain", "verify_backup"]
 
