@@ -89,7 +89,8 @@ def measure_file(
         KilowattError: the child failed (its last error line is in the message).
     """
     config = {
-        "model": str(path), "hints": serve_hints or {}, "threads": threads, "inputs": str(inputs_file),
+        "model": str(path), "hints": serve_hints or {}, "threads": threads,
+        "inputs": str(inputs_file),
         "effort": asdict(effort), "result": str(path.with_suffix(f".{threads}t.json")),
         "outputs": str(path.with_suffix(f".{threads}t.npy")),
     }  # fmt: skip

@@ -66,7 +66,7 @@ class OptimizeOptions:
     objective: Objective = "energy"
     threads: tuple[int, ...] = ()
     transforms: tuple[str, ...] | None = None
-    effort: Effort = Effort()
+    effort: Effort = field(default_factory=Effort)
     finetune: FineTune | None = None
     usd_per_s: float = 0.0
     usd_per_j: float = 0.0
