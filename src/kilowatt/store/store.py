@@ -11,6 +11,7 @@ from kilowatt.store._engine import create_store_engine, migrate
 from kilowatt.store.artifacts import ArtifactsMixin
 from kilowatt.store.audit import AuditMixin
 from kilowatt.store.datasets import DatasetsMixin
+from kilowatt.store.gates import GatesMixin
 from kilowatt.store.jobs import JobsMixin
 from kilowatt.store.metrics import MetricsMixin
 from kilowatt.store.registry import RegistryMixin
@@ -20,6 +21,7 @@ __all__ = ["Store", "open_store"]
 
 
 class Store(
+    GatesMixin,
     RegistryMixin,
     DatasetsMixin,
     ArtifactsMixin,
