@@ -99,6 +99,13 @@ def quiet_torch_warnings() -> Iterator[None]:
         yield
 
 
+def _jit_save(module: Any, path: Path) -> None:
+    import torch
+
+    with quiet_torch_warnings():
+        torch.jit.save(module, str(path))
+
+
 def _torch_runner(module: Any) -> Callable[[int], Predict]:
     def runner(threads: int) -> Predict:
         import torch
@@ -135,7 +142,7 @@ def fp32_eager(ctx: TransformContext) -> Variant:
 
     def save(path: Path) -> None:
         with quiet_torch_warnings():
-            torch.jit.save(torch.jit.trace(ctx.module, _example_tensor(ctx)), str(path))
+            _jit_save(torch.jit.trace(ctx.module, _example_tensor(ctx)), path)
 
     return Variant(
         "fp32-eager", "none", {"saved_as": "torchscript-trace (no factory)"}, "torch", ".pt",
@@ -151,7 +158,7 @@ def torchscript(ctx: TransformContext) -> Variant:
         traced = torch.jit.freeze(torch.jit.trace(ctx.module, _example_tensor(ctx)).eval())
     return Variant(
         "torchscript", "torch.jit.trace+freeze", {}, "torch", ".pt", _torch_runner(traced),
-        lambda path: torch.jit.save(traced, str(path)),
+        lambda path: _jit_save(traced, path),
     )  # fmt: skip
 
 
@@ -193,7 +200,7 @@ def int8_dynamic(ctx: TransformContext) -> Variant:
     return Variant(
         "int8-dynamic", "torch.ao.quantization.quantize_dynamic",
         {"layers": layers, "dtype": "qint8"}, "torch", ".pt", _torch_runner(traced),
-        lambda path: torch.jit.save(traced, str(path)),
+        lambda path: _jit_save(traced, path),
     )  # fmt: skip
 
 
@@ -219,7 +226,7 @@ def half_precision(ctx: TransformContext) -> Variant:
     def save(path: Path) -> None:
         with quiet_torch_warnings():
             example = _example_tensor(ctx).to("cuda", dtype=dtype)
-            torch.jit.save(torch.jit.trace(module, example), str(path))
+            _jit_save(torch.jit.trace(module, example), path)
 
     return Variant(
         str(dtype).removeprefix("torch."), f"module.to({dtype})", {"device": "cuda"},
@@ -240,12 +247,16 @@ def _export_onnx(module: Any, example: np.ndarray, path: Path) -> Path:
                 module, (tensor,), str(path), dynamo=False,
                 dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, **names,
             )  # fmt: skip
-        except Exception:
+        except Exception as first:
             batch = torch.export.Dim("batch")
-            torch.onnx.export(
-                module, (tensor,), str(path), dynamo=True,
-                dynamic_shapes=({0: batch},), **names,
-            )  # fmt: skip
+            try:
+                torch.onnx.export(
+                    module, (tensor,), str(path), dynamo=True,
+                    dynamic_shapes=({0: batch},), **names,
+                )  # fmt: skip
+            except Exception:
+                line = (str(first).strip().splitlines() or [type(first).__name__])[0]
+                raise NotApplicable(f"neither ONNX exporter handles this model: {line}") from None
     return path
 
 

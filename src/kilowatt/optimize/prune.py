@@ -93,11 +93,14 @@ def _prune(
     finetune.run(module)  # the masks stay applied while the kept weights train
     for layer, attribute in targets:
         prune.remove(layer, attribute)
+    zeros = sum(int((getattr(m, a) == 0).sum()) for m, a in targets)
+    sparsity = zeros / sum(getattr(m, a).numel() for m, a in targets)
     with quiet_torch_warnings():
         scripted = torchscript(_replace_module(ctx, module))
     return Variant(
         name, f"torch.nn.utils.prune+fine-tune({finetune.steps} steps)",
-        {**parameters, "layers": len(targets), "fine_tune_steps": finetune.steps},
+        {**parameters, "layers": len(targets), "sparsity": round(sparsity, 4),
+         "fine_tune_steps": finetune.steps},
         "torch", ".pt", scripted.runner, scripted.save,
     )  # fmt: skip
 

@@ -64,5 +64,5 @@ def test_a_broken_onnx_file_is_refused_with_its_name(tmp_path: Path) -> None:
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a protobuf")
     handler = load_handler(ModelSpec(name="b", source=str(broken)))
-    with pytest.raises(ServeError, match="broken.onnx"):
+    with pytest.raises(ServeError, match=r"broken\.onnx"):
         handler.load()
