@@ -111,21 +111,36 @@ class GatesMixin(RegistryMixin):
     def version_figures(self, version: ModelVersion) -> VersionFigures | None:
         """The newest figures recorded for ``version``: from the report of the run that
         registered it, else of an optimize run it was the parent of. None when unmeasured."""
-        runs = [version.run_id] if version.run_id else []
-        with self._engine.connect() as connection:
-            downstream = downstream_of(connection, ("model_version", str(version.id)))
-        runs += [id_ for kind, id_ in reversed(downstream) if kind == "run"]
-        for run_id in runs:
+        for run_id in self._measuring_runs(version):
             figures = self._figures_in_report(run_id, version.ref)
             if figures is not None:
                 return figures
         return None
 
-    def _figures_in_report(self, run_id: str, ref: str) -> VersionFigures | None:
+    def optimize_report(self, version: ModelVersion) -> dict[str, Any] | None:
+        """The newest optimize report that measured ``version`` (as parent or variant)."""
+        for run_id in self._measuring_runs(version):
+            report = self._report(run_id)
+            if report is not None:
+                return report
+        return None
+
+    def _measuring_runs(self, version: ModelVersion) -> list[str]:
+        with self._engine.connect() as connection:
+            downstream = downstream_of(connection, ("model_version", str(version.id)))
+        newest_first = [id_ for kind, id_ in reversed(downstream) if kind == "run"]
+        return newest_first + ([version.run_id] if version.run_id else [])
+
+    def _report(self, run_id: str) -> dict[str, Any] | None:
         try:
             with self.open_artifact(run_id, REPORT_ARTIFACT) as handle:  # type: ignore[attr-defined]
-                report = json.loads(handle.read())
+                return json.loads(handle.read())  # type: ignore[no-any-return]
         except NotFound:
+            return None
+
+    def _figures_in_report(self, run_id: str, ref: str) -> VersionFigures | None:
+        report = self._report(run_id)
+        if report is None:
             return None
         rows = [r for r in report.get("candidates", []) if r.get("version") == ref]
         if not rows or rows[0].get("metric") is None:
