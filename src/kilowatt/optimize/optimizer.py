@@ -22,6 +22,7 @@ from kilowatt.optimize.candidates import (
     NotApplicable,
     TransformContext,
     Variant,
+    quiet_torch_warnings,
 )
 from kilowatt.optimize.evaluation import EvalSet, check_eval_fits
 from kilowatt.optimize.measure import Effort, Figures, measure_file
@@ -236,9 +237,10 @@ def _build_and_measure(
     progress: Callable[[str], None],
 ) -> list[Candidate]:
     try:
-        variant = make(ctx, options.finetune)
-        path = ctx.workdir / f"{variant.name}{variant.suffix}"
-        variant.save(path)
+        with quiet_torch_warnings():
+            variant = make(ctx, options.finetune)
+            path = ctx.workdir / f"{variant.name}{variant.suffix}"
+            variant.save(path)
     except Exception as exc:
         return [Candidate(name, "", {}, None, "skipped", reason=_reason(exc))]
     rows = []
