@@ -58,6 +58,11 @@ def optimize(
     register_variants: bool = typer.Option(
         True, "--register/--no-register", help="register kept variants of a registered model"
     ),
+    serve_spec: Path | None = typer.Option(
+        None, help="tune kilowatt serve for the chosen variant; write the best config here"
+    ),
+    tune_seconds: float = typer.Option(120.0, help="time budget of the serving sweep"),
+    tune_concurrency: int = typer.Option(8, help="closed-loop connections of the sweep"),
 ) -> None:
     """Build and measure model variants in joules; keep the best within the accuracy budget."""
     from kilowatt.optimize import Effort, OptimizeOptions, load_eval
@@ -88,9 +93,58 @@ def optimize(
         if parent is not None and register_variants:
             _record(report, parent, model, eval_ref, options, workdir)
         out.print(variant_table(report))
-    for note in report.notes:
-        out.print(f"[dim]{note}[/]")
-    _print_saving(report)
+        for note in report.notes:
+            out.print(f"[dim]{note}[/]")
+        _print_saving(report)
+        if serve_spec is not None and report.chosen is not None:
+            slo_s = options.slo_p99_s or 0.1
+            _tune(report.chosen, eval_set, serve_spec, slo_s, tune_seconds, tune_concurrency)
+
+
+def _tune(
+    chosen: Any, eval_set: Any, target: Path, slo_s: float, seconds: float, concurrency: int
+) -> None:
+    """Sweep the serving configuration of the chosen variant; write the best as a spec
+    beside a copy of the variant file."""
+    import shutil
+
+    import yaml
+
+    from kilowatt.optimize.serving import oip_body, tune_serving
+    from kilowatt.spec import ModelSpec, ServeSpec
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    model_file = target.with_name(target.stem + Path(chosen.path).suffix)
+    shutil.copyfile(chosen.path, model_file)
+    model = ModelSpec(name="model", source=str(model_file.resolve()), **chosen.serve_hints)
+    out = console()
+    with out.status("tuning kilowatt serve") as status:
+        sweep = tune_serving(
+            ServeSpec(models=[model]), oip_body(eval_set.inputs[0]), slo_s,
+            concurrency=concurrency, time_budget_s=seconds, progress=status.update,
+        )  # fmt: skip
+    out.print(sweep_table(sweep))
+    best = sweep.best
+    target.write_text(yaml.safe_dump(json.loads(best.spec.model_dump_json(exclude={"port"}))))
+    ratio = sweep.default.energy_per_request_j / best.energy_per_request_j
+    out.print(
+        f"serving: [bold]{best.label}[/] {best.energy_per_request_j * 1e3:.3g} mJ/request vs "
+        f"{sweep.default.energy_per_request_j * 1e3:.3g} for the defaults ({ratio:.2f}x "
+        f"requests per joule; p99 SLO {slo_s * 1e3:g} ms; {sweep.method}); spec: {target}"
+    )
+
+
+def sweep_table(sweep: Any) -> Table:
+    """The serving configurations tried, with their figures."""
+    table = Table("configuration", "req/s", "p99 ms", "errors", "mJ/request", "SLO",
+                  title="serving configurations")  # fmt: skip
+    for row in (sweep.default, *sweep.tried):
+        best = " [bold green]best[/]" if row is sweep.best else ""
+        table.add_row(
+            row.label, f"{row.throughput_rps:,.0f}", _ms(row.p99_s), str(row.errors),
+            f"{row.energy_per_request_j * 1e3:.3g}", ("met" if row.meets_slo else "missed") + best,
+        )  # fmt: skip
+    return table
 
 
 def _train_spec(path: Path | None) -> Any:
