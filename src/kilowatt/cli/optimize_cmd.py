@@ -13,7 +13,7 @@ from rich.table import Table
 from kilowatt.cli.store_cmd import console, open_cli_store
 from kilowatt.errors import SpecError
 
-__all__ = ["parse_fraction", "register"]
+__all__ = ["optimize_model", "parse_fraction", "register", "saving_line"]
 
 
 def register(app: typer.Typer) -> None:
@@ -66,7 +66,6 @@ def optimize(
 ) -> None:
     """Build and measure model variants in joules; keep the best within the accuracy budget."""
     from kilowatt.optimize import Effort, OptimizeOptions, load_eval
-    from kilowatt.optimize import optimize as run_optimize
 
     budget = parse_fraction(max_accuracy_drop)
     spec = _train_spec(train)
@@ -83,19 +82,11 @@ def optimize(
         usd_per_s=_usd_per_s(),  # a rented machine's price covers its power too
     )
     eval_set = load_eval(eval_ref)
-    out = console()
     with tempfile.TemporaryDirectory(prefix="kilowatt-optimize-") as scratch:
         workdir = output or Path(scratch)
-        source, parent = _resolve_model(model, workdir)
-        module = _load_module(source, factory)
-        with out.status("optimizing") as status:
-            report = run_optimize(module, eval_set, workdir, options, progress=status.update)
-        if parent is not None and register_variants:
-            _record(report, parent, model, eval_ref, options, workdir)
-        out.print(variant_table(report))
-        for note in report.notes:
-            out.print(f"[dim]{note}[/]")
-        _print_saving(report)
+        report = optimize_model(
+            model, eval_set, eval_ref, options, workdir, register=register_variants
+        )
         if serve_spec is not None and report.chosen is not None:
             slo_s = options.slo_p99_s or 0.1
             _tune(report.chosen, eval_set, serve_spec, slo_s, tune_seconds, tune_concurrency)
@@ -145,6 +136,27 @@ def sweep_table(sweep: Any) -> Table:
             f"{row.energy_per_request_j * 1e3:.3g}", ("met" if row.meets_slo else "missed") + best,
         )  # fmt: skip
     return table
+
+
+def optimize_model(
+    model: str, eval_set: Any, eval_label: str, options: Any, workdir: Path, register: bool = True
+) -> Any:
+    """Optimize ``model`` (a registered ref or a file), print the variant table and the
+    saving, and record a registered model's variants; return the report."""
+    from kilowatt.optimize import optimize as run_optimize
+
+    out = console()
+    source, parent = _resolve_model(model, workdir)
+    module = _load_module(source, options.factory)
+    with out.status("optimizing") as status:
+        report = run_optimize(module, eval_set, workdir, options, progress=status.update)
+    if parent is not None and register:
+        _record(report, parent, eval_label, options, workdir)
+    out.print(variant_table(report))
+    for note in report.notes:
+        out.print(f"[dim]{note}[/]")
+    _print_saving(report)
+    return report
 
 
 def _train_spec(path: Path | None) -> Any:
@@ -221,9 +233,7 @@ def _load_module(path: Path, factory: str | None) -> Any:
     return module.eval()
 
 
-def _record(
-    report: Any, parent: Any, model: str, eval_ref: str, options: Any, workdir: Path
-) -> None:
+def _record(report: Any, parent: Any, eval_ref: str, options: Any, workdir: Path) -> None:
     """One optimize run: its params, each kept variant registered (lineage parent -> run ->
     variant, with the transform and its parameters), and the report as an artifact."""
     from kilowatt.store import start_run
@@ -310,18 +320,25 @@ def variant_table(report: Any) -> Table:
     return table
 
 
-def _print_saving(report: Any) -> None:
+def saving_line(report: Any) -> str | None:
+    """The chosen variant against fp32 in words (None when nothing was chosen)."""
     chosen, baseline = report.chosen, report.baseline
     if chosen is None or baseline is None:
-        return
+        return None
     ratio = baseline.figures.energy_per_1000_j / chosen.figures.energy_per_1000_j
-    console().print(
-        f"chosen: [bold]{chosen.label}[/] ({report.objective}); "
+    return (
+        f"chosen: {chosen.label} ({report.objective}); "
         f"{chosen.figures.energy_per_1000_j:.3g} J per 1,000 inferences vs "
         f"{baseline.figures.energy_per_1000_j:.3g} for {baseline.label}: {ratio:.2f}x "
         f"inferences per joule, {report.metric_name} drop {chosen.metric_drop:+.4f} "
         f"({chosen.figures.energy_method})"
     )
+
+
+def _print_saving(report: Any) -> None:
+    line = saving_line(report)
+    if line is not None:
+        console().print(line, highlight=False)
 
 
 def promote(

@@ -100,8 +100,14 @@ def run_quickstart(options: QuickstartOptions, console: Any) -> tuple[Quickstart
     serving = _serve(training, workload, run_dir, load_s, console)
     clock.lap("serve and load-test")
 
+    console.rule("[bold]optimize")
+    saving = _optimize(training, workload, run_dir, options.fast)
+    clock.lap("optimize")
+
     console.rule("[bold]5/6 report")
     report = _build_report(workload, training, serving, prediction, plan, settings)
+    if saving:
+        report.notes.append(f"kilowatt optimize {training.model_ref}: {saving}")
     report.notes.append(clock.summary())
     print_report(report, console)
 
@@ -180,6 +186,24 @@ def _serve(
         energy_method=_meter_method(),
         deployment=deployment,
     )
+
+
+def _optimize(training: TrainingOutcome, workload: Any, run_dir: Path, fast: bool) -> str | None:
+    """Variants of the registered model measured in joules (kept ones registered); the
+    saving of the chosen one in words. ``fast`` tries the likeliest few, briefly."""
+    from kilowatt.cli.optimize_cmd import optimize_model, saving_line
+    from kilowatt.optimize import Effort, OptimizeOptions
+    from kilowatt.optimize.evaluation import as_eval_set
+
+    eval_set = as_eval_set(workload.module.make_eval_dataset(), "make_eval_dataset")
+    options = OptimizeOptions(
+        threads=(1,) if fast else (),
+        transforms=("torchscript", "onnx", "onnx-int8-static") if fast else None,
+        effort=Effort.quick() if fast else Effort(),
+    )
+    workdir = run_dir / "optimize"
+    report = optimize_model(training.model_ref, eval_set, "make_eval_dataset", options, workdir)
+    return saving_line(report)
 
 
 def _meter_method() -> str:
