@@ -270,12 +270,18 @@ def _rows_to_register(report: Any) -> list[Any]:
     return list(best.values())
 
 
+#: What a variant keeps of its parent's signature: how to call it, not its figures.
+_SERVING_KEYS = ("input_shape", "input_dtype", "outputs")
+
+
 def _register_variant(store: Any, run: Any, parent: Any, row: Any) -> str:
     path = Path(row.path)
     artifact = run.log_artifact(path, name=f"variants/{path.name}")
+    inherited = {k: v for k, v in (parent.signature or {}).items() if k in _SERVING_KEYS}
     signature = {
-        **(parent.signature or {}),
+        **inherited,
         **row.serve_hints,
+        "metric": row.metric,
         "format": row.serve_hints.get("format", "onnx" if path.suffix == ".onnx" else "auto"),
         "transform": row.transform,
         "parameters": row.parameters,
