@@ -250,7 +250,7 @@ def _export_onnx(module: Any, example: np.ndarray, path: Path) -> Path:
             try:
                 torch.onnx.export(
                     module, (tensor,), str(path), dynamo=True,
-                    dynamic_shapes=({0: batch},), **names,
+                    dynamic_shapes=({0: batch},), external_data=False, **names,
                 )  # fmt: skip
             except Exception:
                 line = (str(first).strip().splitlines() or [type(first).__name__])[0]
