@@ -124,3 +124,18 @@ def test_an_eval_that_does_not_fit_the_outputs_is_refused_before_any_work(
     with pytest.raises(SpecError, match=r"class indices below 10"):
         optimize(small_cnn(), bad, workdir, OptimizeOptions(threads=(1,)))
     assert not workdir.exists()
+
+
+def test_an_exported_program_gets_its_int8_variant(tmp_path: Path) -> None:
+    # A registered .pt2 loads as a graph module the fast ONNX exporter cannot trace; the
+    # torch.export-based one must write a single file the quantizer can read.
+    module = small_cnn()
+    example = torch.from_numpy(BATCH[:2])
+    dims = ({0: torch.export.Dim("batch", min=1, max=64)},)
+    graph = torch.export.export(module, (example,), dynamic_shapes=dims).module()
+    ctx = TransformContext(graph, BATCH[:8], BATCH, tmp_path)
+    variant = TRANSFORMS["onnx-int8-static"](ctx)
+    with torch.inference_mode():
+        expected = module(torch.from_numpy(BATCH)).numpy()
+    atol = INT8_SHARE_OF_RANGE * float(np.ptp(expected))
+    np.testing.assert_allclose(variant.runner(1)(BATCH), expected, atol=atol, rtol=0)
