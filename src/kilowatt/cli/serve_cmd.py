@@ -156,7 +156,7 @@ def _register_serve(app: typer.Typer) -> None:
         cache_mb: float = typer.Option(0.0, help="response cache size (0 = off)"),
         weights: str | None = typer.Option(None, help="traffic split, e.g. 90,10"),
         shadow: str | None = typer.Option(None, help="a version that gets a copy of traffic"),
-        format: str = typer.Option("auto", help="auto|torchscript|export|state_dict|handler"),
+        format: str = typer.Option("auto", help="auto|torchscript|export|onnx|state_dict|handler"),
         factory: str | None = typer.Option(None, help="module:function for a state dict"),
         input_shape: str | None = typer.Option(None, help="shape of one sample, e.g. 3,32,32"),
         admin: bool = typer.Option(False, help="expose model repository routes (hot reload)"),

@@ -178,6 +178,8 @@ def _import_object(ref: str, what: str) -> Any:
 def _detect_format(path: Path) -> str:
     if path.suffix == ".pt2":
         return "export"
+    if path.suffix == ".onnx":
+        return "onnx"
     if not zipfile.is_zipfile(path):
         raise ServeError(
             f"{path}: not a TorchScript or torch.export archive; for a state dict pass "
@@ -248,6 +250,10 @@ def load_handler(spec: ModelSpec) -> ModelHandler:
         raise SpecError(f"model file {spec.source!r} does not exist; check the path")
     if fmt == "auto":
         fmt = _detect_format(path)
+    if fmt == "onnx":
+        from kilowatt.serve.onnx_handler import OnnxHandler
+
+        return OnnxHandler(path, spec.input_shape)
     build = _builder(fmt, path, spec)
     return TorchHandler(build, spec.input_shape, spec.input_dtype, spec.inputs)
 

@@ -18,8 +18,9 @@ from kilowatt.spec.base import Spec
 
 __all__ = ["BatchingSpec", "InputSpec", "ModelSpec", "ServeSLO", "ServeSpec"]
 
-# torch.export and TorchScript files are recognised by content; the others need a hint.
-ModelFormat = Literal["auto", "torchscript", "export", "state_dict", "handler"]
+# torch.export and TorchScript files are recognised by content, ONNX by its ``.onnx``
+# suffix; the others need a hint.
+ModelFormat = Literal["auto", "torchscript", "export", "onnx", "state_dict", "handler"]
 
 
 class BatchingSpec(Spec):
@@ -72,7 +73,7 @@ class ModelSpec(Spec):
 
     Attributes:
         name: the model name clients use in ``/v2/models/{name}``.
-        source: a file (TorchScript, torch.export ``.pt2``, a state dict) or, for
+        source: a file (TorchScript, torch.export ``.pt2``, ONNX ``.onnx``, a state dict) or, for
             ``format: handler``, ``module:Class`` of a class with ``load()`` and
             ``predict(batch)``.
         version: the version label (``/v2/models/{name}/versions/{version}``).

@@ -13,6 +13,7 @@ from kilowatt.store.audit import AuditMixin
 from kilowatt.store.audit_key import load_audit_key
 from kilowatt.store.audit_witness import AuditWitness
 from kilowatt.store.datasets import DatasetsMixin
+from kilowatt.store.gates import GatesMixin
 from kilowatt.store.jobs import JobsMixin
 from kilowatt.store.metrics import MetricsMixin
 from kilowatt.store.registry import RegistryMixin
@@ -22,6 +23,7 @@ __all__ = ["Store", "open_store"]
 
 
 class Store(
+    GatesMixin,
     RegistryMixin,
     DatasetsMixin,
     ArtifactsMixin,

@@ -40,7 +40,9 @@ def _fill(home: Path, work: Path) -> None:
             checkpoint.mkdir(parents=True)
             (checkpoint / "state.pt").write_bytes(f"state of {name}".encode() * 100)
             if index == 1:
-                version = register_model(run, "digits", "model.pt", aliases=["production"])
+                version = register_model(
+                    "digits", run=run, artifact="model.pt", aliases=["production"]
+                )
     with open_store(settings) as store:
         store.create_deployment(version.ref, "http://127.0.0.1:8080/v2/models/digits", "running")
     (home / "calibration.json").write_text('{"cpu": {"flops_scale": 0.5}}')

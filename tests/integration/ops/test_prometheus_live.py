@@ -93,7 +93,7 @@ def _register_tiny_model(tmp_path: Path) -> None:
         torch.jit.script(torch.nn.Linear(FEATURES, 4).eval()).save(str(path))
     with kilowatt.start_run(project="ops") as run:
         run.log_artifact(path)
-        kilowatt.register_model(run, "tiny", "tiny.pt", aliases=["production"])
+        kilowatt.register_model("tiny", run=run, artifact="tiny.pt", aliases=["production"])
 
 
 def _query(base: str, promql: str) -> list[dict[str, Any]]:

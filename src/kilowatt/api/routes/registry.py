@@ -223,3 +223,55 @@ def _check_exists(store: Any, kind: str, node_id: str) -> None:
     }[kind]()
     if node_id not in ids:
         raise NotFound(f"no {kind} with id {node_id!r}; the list routes show the ids")
+
+
+class PromoteRequest(BaseModel):
+    """Move an alias to a version through the promotion gate."""
+
+    version: int = Field(ge=1, le=2**31)
+    max_metric_drop: float = Field(0.005, ge=0.0, description="metric budget vs the holder")
+    slo_p99_s: float | None = Field(None, gt=0.0, description="batch-1 p99 latency bound")
+    energy_margin: float = Field(0.05, ge=0.0, description="tolerated extra energy")
+    force: bool = Field(False, description="move even if the gate refuses (admin only)")
+
+
+@router.post("/models/{name}/aliases/{alias}/promote", tags=["models"], summary="Gated move")
+def promote(
+    request: Request,
+    body: PromoteRequest,
+    name: str = ModelName,
+    alias: str = Path(..., min_length=1, max_length=64),
+    principal: Principal = require(Role.operator),
+) -> Any:
+    """Run the promotion gate; the alias moves only on pass (or ``force`` by an admin).
+
+    Answers 200 with the decision when the alias moved, 409 with it when the gate refused;
+    both are in the audit log with the figures."""
+    from fastapi.responses import JSONResponse
+
+    from kilowatt.store.gates import GatePolicy
+
+    policy = GatePolicy(body.max_metric_drop, body.slo_p99_s, body.energy_margin)
+    decision = acting_store(request, principal).promote(
+        f"{name}:{body.version}", alias, policy, force=body.force,
+        is_admin=principal.role >= Role.admin,
+    )  # fmt: skip
+    return JSONResponse(decision.as_dict(), status_code=200 if decision.moved else 409)
+
+
+@router.get("/models/{name}/versions/{version}/variants", tags=["models"])
+def version_variants(
+    request: Request,
+    name: str = ModelName,
+    version: int = Version,
+    _: Principal = require(Role.viewer),
+) -> Any:
+    """The newest ``kilowatt optimize`` report of this version (its variants, their figures
+    and the Pareto front), or 404 when it was never optimized."""
+    store = store_of(request)
+    report = store.optimize_report(store.get_model_version(f"{name}:{version}"))
+    if report is None:
+        raise NotFound(
+            f"{name}:{version} was never optimized; run kilowatt optimize {name}:{version}"
+        )
+    return report

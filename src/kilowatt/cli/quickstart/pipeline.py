@@ -99,8 +99,15 @@ def run_quickstart(options: QuickstartOptions, console: Any) -> tuple[Quickstart
     serving = _serve(training, workload, run_dir, load_s, console)
     clock.lap("serve and load-test")
 
+    console.rule("[bold]optimize")
+    # A short load test asks for short measurements here too.
+    saving = _optimize(training, workload, run_dir, brief=options.fast or load_s < _FAST_LOAD_S)
+    clock.lap("optimize")
+
     console.rule("[bold]5/6 report")
     report = _build_report(workload, training, serving, prediction, plan, settings)
+    if saving:
+        report.notes.append(f"kilowatt optimize {training.model_ref}: {saving}")
     report.notes.append(clock.summary())
     print_report(report, console)
 
@@ -181,6 +188,27 @@ def _serve(
         energy_method=_meter_method(),
         deployment=deployment,
     )
+
+
+def _optimize(training: TrainingOutcome, workload: Any, run_dir: Path, brief: bool) -> str | None:
+    """Variants of the registered model measured in joules; the saving of the chosen one
+    in words. ``brief`` tries the likeliest few, briefly."""
+    from kilowatt.cli.optimize_cmd import optimize_model, saving_line
+    from kilowatt.optimize import Effort, OptimizeOptions
+    from kilowatt.optimize.evaluation import as_eval_set
+
+    eval_set = as_eval_set(workload.module.make_eval_dataset(), "make_eval_dataset")
+    options = OptimizeOptions(
+        threads=(1,) if brief else (),
+        transforms=("torchscript", "onnx", "onnx-int8-static") if brief else None,
+        effort=Effort.quick() if brief else Effort(),
+    )
+    workdir = run_dir / "optimize"
+    # Reported, not registered: the quickstart's registry holds what it trained.
+    report = optimize_model(
+        training.model_ref, eval_set, "make_eval_dataset", options, workdir, register=False
+    )
+    return saving_line(report)
 
 
 def _meter_method() -> str:

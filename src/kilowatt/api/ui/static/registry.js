@@ -1,6 +1,7 @@
-// The model registry, deployments and the audit log.
-import { get } from "./api.js";
-import { esc, num, when } from "./format.js";
+// The model registry (variants, Pareto front, gated promotion), deployments and the audit log.
+import { get, getToken } from "./api.js";
+import { barChart } from "./charts.js";
+import { bytes, esc, num, when } from "./format.js";
 
 export async function modelsPage(main) {
   const models = await get("/models", { limit: 1000 });
@@ -14,12 +15,72 @@ export async function modelsPage(main) {
     const section = document.createElement("section");
     section.innerHTML = `<h2>${esc(model.name)}</h2>
       <table class="versions"><thead><tr><th>version</th><th>aliases</th><th>source run</th>
-      <th>artifact</th><th>created</th><th>by</th></tr></thead><tbody>${versions.items.map((v) =>
+      <th>artifact</th><th>transform</th><th>created</th><th>by</th><th></th></tr></thead><tbody>${versions.items.map((v) =>
         `<tr><td>v${v.version}</td><td>${(aliasOf[v.version] || []).map((a) => `<span class="tag">${esc(a)}</span>`).join("")}</td>
         <td>${v.run_id ? `<a href="#/runs/${encodeURIComponent(v.run_id)}">${esc(v.run_id)}</a>` : "–"}</td>
-        <td>${esc(v.artifact || "–")}</td><td>${when(v.created_at)}</td><td>${esc(v.created_by)}</td></tr>`).join("")}
-      </tbody></table>`;
+        <td>${esc(v.artifact || "–")}</td><td>${esc((v.signature || {}).transform || "–")}</td>
+        <td>${when(v.created_at)}</td><td>${esc(v.created_by)}</td>
+        <td>${(aliasOf[v.version] || []).includes("production") ? "" :
+          `<button class="promote" data-version="${v.version}">promote to production</button>`}</td></tr>`).join("")}
+      </tbody></table><p class="gate-result"></p><div class="variants"></div>`;
     container.appendChild(section);
+    section.querySelectorAll("button.promote").forEach((button) => {
+      button.addEventListener("click", () => promote(section, model.name, Number(button.dataset.version)));
+    });
+    const parents = versions.items.filter((v) => !(v.signature || {}).parent);
+    for (const v of parents) await showVariants(section.querySelector(".variants"), model.name, v.version);
+  }
+}
+
+// The gate decides; the page only shows its verdict and figures.
+async function promote(section, name, version) {
+  const out = section.querySelector(".gate-result");
+  const response = await fetch(`/api/v1/models/${encodeURIComponent(name)}/aliases/production/promote`, {
+    method: "POST",
+    headers: Object.assign({ "Content-Type": "application/json" },
+      getToken() ? { Authorization: `Bearer ${getToken()}` } : {}),
+    body: JSON.stringify({ version }),
+  });
+  const decision = await response.json();
+  if (!decision.checks) {
+    out.className = "gate-result error";
+    out.textContent = `${response.status}: ${JSON.stringify(decision.detail || decision)}`;
+    return;
+  }
+  out.className = `gate-result ${decision.moved ? "" : "error"}`;
+  out.textContent = decision.moved
+    ? `production -> ${decision.candidate}: ${decision.checks.map((c) => c.detail).join("; ")}`
+    : `refused: ${decision.reasons.join("; ")} (production stays at ${decision.holder || "none"})`;
+}
+
+// The newest optimize report of a version: every variant, the Pareto front and the choice.
+async function showVariants(container, name, version) {
+  let report;
+  try {
+    report = await get(`/models/${encodeURIComponent(name)}/versions/${version}/variants`);
+  } catch (err) {
+    if (err.status === 404) return;
+    throw err;
+  }
+  const box = document.createElement("div");
+  box.className = "variant-report";
+  box.innerHTML = `<h3>v${version}: variants (${esc(report.objective)}, budget ${num(report.max_metric_drop * 100, 3)}%)</h3>
+    <p class="muted">${report.notes.map(esc).join("; ")}</p>
+    <table class="variants"><thead><tr><th>variant</th><th class="num">${esc(report.metric_name)}</th>
+    <th class="num">drop</th><th class="num">size</th><th class="num">p99</th><th class="num">inf/s</th>
+    <th class="num">J/1k inf</th><th></th></tr></thead><tbody>${report.candidates.map((c) => c.status === "skipped"
+      ? `<tr><td>${esc(c.label)}</td><td colspan="7" class="muted">skipped: ${esc(c.reason)}</td></tr>`
+      : `<tr class="${c.pareto ? "pareto" : ""}"><td>${esc(c.label)}</td><td class="num">${num(c.metric)}</td>
+        <td class="num">${num(c.metric_drop)}</td><td class="num">${bytes(c.bytes_on_disk)}</td>
+        <td class="num">${num(c.latency_p99_s * 1000, 3)} ms</td><td class="num">${num(c.throughput_per_s, 3)}</td>
+        <td class="num">${num(c.energy_per_1000_j, 3)}</td>
+        <td>${[c.chosen && "chosen", c.pareto && "pareto", !c.within_budget && "over budget", c.version]
+          .filter(Boolean).map(esc).join(", ")}</td></tr>`).join("")}</tbody></table>`;
+  container.appendChild(box);
+  const front = report.candidates.filter((c) => c.pareto).sort((a, b) => a.energy_per_1000_j - b.energy_per_1000_j);
+  if (front.length) {
+    barChart(box, "Pareto front: energy per 1,000 inferences", front.map((c) => c.label),
+      front.map((c) => c.energy_per_1000_j), "J");
   }
 }
 

@@ -1,0 +1,64 @@
+"""``kilowatt optimize`` on a registered version: prints the variant table, registers the
+kept variant with lineage parent -> optimize run -> variant and the transform recorded,
+and stores the report the promotion gate reads."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from kilowatt.cli.main import main
+from kilowatt.store import open_store
+
+
+def make_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+
+
+def eval_set() -> tuple[np.ndarray, np.ndarray]:
+    inputs = np.random.default_rng(0).random((32, 8), dtype=np.float32)
+    with torch.inference_mode():
+        labels = make_mlp()(torch.from_numpy(inputs)).argmax(1).numpy()
+    return inputs, labels
+
+
+@pytest.mark.slow
+def test_optimize_registers_the_kept_variant_with_lineage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model_file = tmp_path / "mlp.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(make_mlp()).save(str(model_file))
+    with open_store() as store:
+        run = store.create_run("train")
+        store.log_artifact(run.id, model_file)
+        store.register_model(
+            "mlp", run_id=run.id, artifact="mlp.pt", signature={"input_shape": [8]}
+        )
+    code = main([
+        "optimize", "mlp:1", "--eval", f"{__name__}:eval_set", "--quick", "--threads", "1",
+        "--transforms", "onnx,int8-dynamic", "--max-accuracy-drop", "100%",
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "onnx x1" in out and "fp32-eager x1" in out and "chosen:" in out
+    with open_store() as store:
+        versions = {v.version: v for v in store.list_model_versions("mlp")}
+        variants = [v for n, v in versions.items() if n > 1]
+        assert variants and all(v.signature["parent"] == "mlp:1" for v in variants)
+        assert {v.signature["transform"] for v in variants} <= {
+            "torch.onnx.export+onnxruntime", "torch.ao.quantization.quantize_dynamic",
+        }  # fmt: skip
+        graph = store.lineage_of(variants[0])
+        labels = {node.label for node in graph.nodes.values()}
+        assert "mlp:1" in labels  # parent -> optimize run -> variant
+        report = store.optimize_report(versions[1])
+        assert report is not None and report["baseline"] == "fp32-eager x1"
+        assert store.version_figures(variants[0]) is not None
