@@ -43,7 +43,7 @@ def _register_backup(app: typer.Typer) -> None:
         if verify:
             from kilowatt.ops.restore import verify_backup
 
-            report = verify_backup(url, snapshot=snapshot)
+            report = verify_backup(Settings.from_env(), url, snapshot=snapshot)
             audit = (
                 ""
                 if report.audit_events is None

@@ -30,9 +30,9 @@ from kilowatt.errors import BackupError
 from kilowatt.ops.database import dialect_of, dump_postgres, snapshot_sqlite, sqlite_path
 from kilowatt.ops.repository import BackupObject, BackupRepository, Manifest, sha256_of
 from kilowatt.spec import Settings
-from kilowatt.store import Store
 from kilowatt.store import schema as t
 from kilowatt.store._engine import create_store_engine, schema_revision
+from kilowatt.store.artifacts import BlobStore
 from kilowatt.store.audit_key import AUDIT_KEY_FILE
 
 __all__ = ["BackupResult", "local_path_in", "take_backup"]
@@ -201,28 +201,18 @@ def _checkpoint_location(run_name: str, param: str | None, settings: Settings) -
 
 
 def _copy_artifacts(settings: Settings, blobs: dict[str, int], writer: _ObjectWriter) -> None:
-    # Reading blobs needs no schema: a backup never migrates (writes to) the live store.
-    store = Store(
-        create_store_engine(settings.store_url),
-        artifacts_url=settings.artifacts_url,
-        actor=settings.user,
-    )
-    try:
-        for sha256, size_bytes in blobs.items():
-            # content-addressed on both sides: a blob the repository holds is not copied again
-            if writer.add_known("artifact", sha256, sha256, size_bytes):
-                continue
-            try:
-                writer.add_stream(
-                    "artifact", sha256, lambda sha=sha256: store.open_blob(sha), sha256
-                )
-            except FileNotFoundError:
-                raise BackupError(
-                    f"artifact {sha256[:12]} is referenced by the store but missing from the "
-                    f"artifact store {settings.artifacts_url}; the source is damaged"
-                ) from None
-    finally:
-        store.close()
+    store = BlobStore(settings.artifacts_url)
+    for sha256, size_bytes in blobs.items():
+        # content-addressed on both sides: a blob the repository holds is not copied again
+        if writer.add_known("artifact", sha256, sha256, size_bytes):
+            continue
+        try:
+            writer.add_stream("artifact", sha256, lambda sha=sha256: store.open(sha), sha256)
+        except FileNotFoundError:
+            raise BackupError(
+                f"artifact {sha256[:12]} is referenced by the store but missing from the "
+                f"artifact store {settings.artifacts_url}; the source is damaged"
+            ) from None
 
 
 def local_path_in(home: Path, url: str) -> str | None:

@@ -18,6 +18,7 @@ of the home being replaced, and carries that key file into the new home.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import uuid
@@ -32,10 +33,11 @@ from kilowatt.ops.backup import local_path_in
 from kilowatt.ops.database import dialect_of, restore_postgres, scratch_postgres, sqlite_path
 from kilowatt.ops.repository import BackupObject, BackupRepository, Manifest
 from kilowatt.spec import Settings
-from kilowatt.store import Store, open_store
+from kilowatt.store import Store
 from kilowatt.store import schema as t
-from kilowatt.store._engine import schema_revision
-from kilowatt.store.audit_key import AUDIT_KEY_FILE
+from kilowatt.store._engine import create_store_engine, migrate, schema_revision
+from kilowatt.store.artifacts import BlobStore
+from kilowatt.store.audit_key import AUDIT_KEY_ENV, AUDIT_KEY_FILE, audit_key_path, load_audit_key
 
 __all__ = ["RestoreReport", "restore_backup", "verify_audit_chain", "verify_backup"]
 
@@ -60,9 +62,10 @@ def verify_audit_chain(store: Store) -> int:
     return store.check_audit()
 
 
-def verify_backup(url: str, *, snapshot: str | None = None) -> RestoreReport:
+def verify_backup(settings: Settings, url: str, *, snapshot: str | None = None) -> RestoreReport:
     """Check every object of a snapshot against its manifest without restoring it; for a
-    SQLite backup, also open a scratch copy of the database and verify its audit chain.
+    SQLite backup, also open a scratch copy of the database and verify its audit chain with
+    the audit key of ``settings`` (``KILOWATT_AUDIT_KEY`` or the home's key file).
 
     Raises:
         BackupError: naming the first missing or corrupt object.
@@ -77,7 +80,9 @@ def verify_backup(url: str, *, snapshot: str | None = None) -> RestoreReport:
             database = _database_object(manifest)
             copy = Path(scratch) / database.name
             repository.fetch_object(database, copy)
-            events = _verify_restored(f"sqlite:///{copy}", str(Path(scratch)), manifest)
+            events = _verify_restored(
+                f"sqlite:///{copy}", str(Path(scratch)), manifest, settings.home
+            )
     return RestoreReport(manifest, len(manifest.objects), events)
 
 
@@ -112,13 +117,11 @@ def restore_backup(
                 dump = Path(scratch) / "database"
                 events = _restore_postgres(dump, settings, staged, manifest)
             else:
-                events = _verify_restored(staged.store_url, staged.artifacts_url, manifest)
+                events = _verify_restored(staged.store_url, staged.artifacts_url, manifest, staging)
         _swap(staging, home)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    finally:
-        staged.close()
     return RestoreReport(manifest, len(manifest.objects), events)
 
 
@@ -178,7 +181,7 @@ class _StagedHome:
         # Artifacts outside the home are content-addressed and immutable: they are written in
         # place (existing blobs are left alone), since there is no home folder to stage them in.
         self.artifacts_url = str(staging / inside) if inside is not None else settings.artifacts_url
-        self._artifacts: Store | None = None
+        self._blobs = BlobStore(self.artifacts_url)
 
     def put(self, repository: BackupRepository, item: BackupObject, scratch: Path) -> None:
         if item.kind == "database":
@@ -188,7 +191,7 @@ class _StagedHome:
         elif item.kind == "artifact":
             local = scratch / "blob"
             repository.fetch_object(item, local)
-            self._artifact_store().put_blob(local, item.sha256)
+            self._blobs.put(local, item.sha256)
         elif "://" in item.name:  # a checkpoint kept outside the home, by URL
             local = scratch / "file"
             repository.fetch_object(item, local)
@@ -205,18 +208,6 @@ class _StagedHome:
             raise BackupError(f"{item.label} names a path outside the home; the backup is unsafe")
         return destination
 
-    def _artifact_store(self) -> Store:
-        if self._artifacts is None:
-            # only the artifact location is used; the database is a throwaway in memory
-            self._artifacts = Store(
-                sa.create_engine("sqlite://"), artifacts_url=self.artifacts_url, actor="restore"
-            )
-        return self._artifacts
-
-    def close(self) -> None:
-        if self._artifacts is not None:
-            self._artifacts.close()
-
     def carry_audit_key(self, home: Path) -> None:
         """Keep the current home's audit key when the backup does not bring its own."""
         key, staged = home / AUDIT_KEY_FILE, self.staging / AUDIT_KEY_FILE
@@ -230,18 +221,37 @@ def _restore_postgres(
     """Check the dump in a scratch database, then load it into the store in one transaction."""
     with scratch_postgres(settings.store_url) as scratch_url:
         restore_postgres(dump, scratch_url)
-        events = _verify_restored(scratch_url, staged.artifacts_url, manifest)
+        events = _verify_restored(scratch_url, staged.artifacts_url, manifest, staged.staging)
     restore_postgres(dump, settings.store_url)
     return events
 
 
-def _verify_restored(store_url: str, artifacts_url: str, manifest: Manifest) -> int:
-    """Open the restored store (refusing a newer schema), verify its audit chain and check
-    that the snapshot holds every artifact it references; the number of audit events."""
-    with open_store(url=store_url, artifacts_url=artifacts_url, actor="restore") as store:
+def _verify_restored(store_url: str, artifacts_url: str, manifest: Manifest, home: Path) -> int:
+    """Open the restored store (refusing a newer schema), verify its audit chain with the
+    key ``home`` will use and check that the snapshot holds every artifact it references;
+    the number of audit events."""
+    key = _existing_audit_key(home)
+    engine = create_store_engine(store_url)
+    try:
+        migrate(engine, audit_key=key)
+    except BaseException:
+        engine.dispose()
+        raise
+    with Store(engine, artifacts_url=artifacts_url, actor="restore", audit_key=key) as store:
         events = verify_audit_chain(store)
         _check_blobs(store, manifest)
     return events
+
+
+def _existing_audit_key(home: Path) -> bytes:
+    # Never a new key: a chain can only be verified with the key that wrote it.
+    if os.environ.get(AUDIT_KEY_ENV) or audit_key_path(home).is_file():
+        return load_audit_key(home)
+    raise BackupError(
+        "no audit key to verify the backup's audit chain with: set "
+        f"{AUDIT_KEY_ENV} to the key of the home the backup was taken from, or restore a "
+        "backup taken with --include-audit-key"
+    )
 
 
 def _check_blobs(store: Store, manifest: Manifest) -> None:

@@ -21,7 +21,7 @@ from kilowatt.store import schema as t
 from kilowatt.store.records import Artifact
 from kilowatt.store.runs import RunsMixin
 
-__all__ = ["ArtifactsMixin", "sha256_file"]
+__all__ = ["ArtifactsMixin", "BlobStore", "sha256_file"]
 
 _CHUNK_BYTES = 1 << 20
 
@@ -36,20 +36,50 @@ def sha256_file(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+class BlobStore:
+    """The content-addressed bytes under an artifacts URL, ``sha256/ab/abcd...``.
+
+    Needs no database: backups read and restores write blobs through it directly.
+    """
+
+    def __init__(self, artifacts_url: str) -> None:
+        self.fs, root = fsspec.core.url_to_fs(artifacts_url)
+        self.root = root.rstrip("/")
+
+    def path(self, sha256: str) -> str:
+        return f"{self.root}/sha256/{sha256[:2]}/{sha256}"
+
+    def open(self, sha256: str) -> IO[bytes]:
+        """Open the stored bytes with this hash; close it when done."""
+        return self.fs.open(self.path(sha256), "rb")
+
+    def put(self, path: Path, sha256: str) -> None:
+        """Store a local file whose hash the caller has computed; a no-op if present."""
+        blob = self.path(sha256)
+        if self.fs.exists(blob):
+            return  # content-addressed: the same bytes are already stored
+        self.fs.makedirs(blob.rsplit("/", 1)[0], exist_ok=True)
+        partial = f"{blob}.partial-{uuid.uuid4().hex}"
+        self.fs.put_file(str(path), partial)
+        self.fs.mv(partial, blob)  # readers never see a partial blob
+
+
 class ArtifactsMixin(RunsMixin):
     """Logging, listing, opening and downloading artifacts."""
 
-    _fs_cache: tuple[Any, str] | None = None
+    _blobs_cache: BlobStore | None = None
+
+    @property
+    def _blobs(self) -> BlobStore:
+        if self._blobs_cache is None:
+            self._blobs_cache = BlobStore(self._artifacts_url)
+        return self._blobs_cache
 
     def _filesystem(self) -> tuple[Any, str]:
-        if self._fs_cache is None:
-            fs, root = fsspec.core.url_to_fs(self._artifacts_url)
-            self._fs_cache = (fs, root.rstrip("/"))
-        return self._fs_cache
+        return self._blobs.fs, self._blobs.root
 
     def _blob_path(self, sha256: str) -> str:
-        _fs, root = self._filesystem()
-        return f"{root}/sha256/{sha256[:2]}/{sha256}"
+        return self._blobs.path(sha256)
 
     def log_artifact(self, run_id: str, path: str | Path, name: str | None = None) -> Artifact:
         """Store a local file on a run under ``name`` (default: the file name).
@@ -94,14 +124,7 @@ class ArtifactsMixin(RunsMixin):
         ]
 
     def _upload(self, path: Path, sha256: str) -> None:
-        fs, _root = self._filesystem()
-        blob = self._blob_path(sha256)
-        if fs.exists(blob):
-            return  # content-addressed: the same bytes are already stored
-        fs.makedirs(blob.rsplit("/", 1)[0], exist_ok=True)
-        partial = f"{blob}.partial-{uuid.uuid4().hex}"
-        fs.put_file(str(path), partial)
-        fs.mv(partial, blob)
+        self._blobs.put(path, sha256)
 
     def list_artifacts(self, run_id: str) -> list[Artifact]:
         """A run's artifacts, by name."""
@@ -160,15 +183,6 @@ class ArtifactsMixin(RunsMixin):
             )
         partial.replace(destination)
         return destination
-
-    def open_blob(self, sha256: str) -> IO[bytes]:
-        """Open the stored bytes with this hash (for backups); close it when done."""
-        fs, _root = self._filesystem()
-        return fs.open(self._blob_path(sha256), "rb")
-
-    def put_blob(self, path: Path, sha256: str) -> None:
-        """Store a local file whose hash the caller has verified (for restores)."""
-        self._upload(path, sha256)
 
     def _find_artifact(self, run_id: str, name: str) -> Artifact | None:
         query = sa.select(t.artifacts).where(

@@ -23,6 +23,14 @@ from kilowatt.store import Store, open_store, register_model, start_run
 PG_URL = os.environ.get("KILOWATT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
+@pytest.fixture
+def key_off_the_host(clean_environment: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The audit key kept outside the home (as the README advises): losing the disk loses
+    the home, not the key."""
+    monkeypatch.setenv("KILOWATT_AUDIT_KEY", "an audit key kept off this machine, 32+ chars")
+    return clean_environment
+
+
 def _fill(home: Path, work: Path) -> None:
     """Two real runs with params, metrics, artifacts and checkpoints; a model; a deployment."""
     settings = Settings.from_env()
@@ -109,7 +117,7 @@ def _roundtrip(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], d
     assert code == 0, out
     code, out = _cli(capsys, "audit", "verify")
     assert code == 0, out
-    assert "hash chain intact" in out
+    assert "HMAC chain intact" in out
     after = _read(settings)
     assert after == before
     assert len(after["runs"]) == 2 and len(after["metrics"]) == 4
@@ -117,15 +125,28 @@ def _roundtrip(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], d
 
 
 def test_a_deleted_sqlite_home_is_restored_identically(
+    key_off_the_host: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _roundtrip(key_off_the_host, tmp_path, capsys, drop=lambda: None)
+
+
+def test_a_lost_home_without_its_audit_key_is_not_restored_unverified(
     clean_environment: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _roundtrip(clean_environment, tmp_path, capsys, drop=lambda: None)
+    _fill(clean_environment, tmp_path / "work")
+    assert _cli(capsys, "backup", str(tmp_path / "backups"))[0] == 0
+    shutil.rmtree(clean_environment)  # the key file was in the home
+    code, out = _cli(capsys, "restore", str(tmp_path / "backups"))
+    assert code == 1
+    assert "no audit key to verify the backup's audit chain" in out
+    assert "KILOWATT_AUDIT_KEY" in out and "--include-audit-key" in out
+    assert not clean_environment.exists()  # nothing restored unverified
 
 
 @pytest.mark.postgres
 def test_a_dropped_postgresql_store_is_restored_identically(
     pg_database_url: str,
-    clean_environment: Path,
+    key_off_the_host: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -140,9 +161,9 @@ def test_a_dropped_postgresql_store_is_restored_identically(
             connection.exec_driver_sql(f"CREATE DATABASE {name}")
 
     try:
-        _roundtrip(clean_environment, tmp_path, capsys, drop=drop_and_recreate)
+        _roundtrip(key_off_the_host, tmp_path, capsys, drop=drop_and_recreate)
         # a second restore over the now-filled database is refused without --force
-        shutil.rmtree(clean_environment)
+        shutil.rmtree(key_off_the_host)
         code, out = _cli(capsys, "restore", str(tmp_path / "backups"))
         assert code == 1
         assert "already holds a kilowatt store" in out
@@ -379,10 +400,11 @@ def test_an_unreachable_target_is_a_clear_error(
 def test_the_audit_key_stays_out_of_a_backup_unless_asked_for(
     clean_environment: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _fill(clean_environment, tmp_path / "work")
     key = clean_environment / "audit.key"
+    clean_environment.mkdir()
     key.write_bytes(b"k" * 32)
     key.chmod(0o600)
+    _fill(clean_environment, tmp_path / "work")
     assert _cli(capsys, "backup", str(tmp_path / "plain"))[0] == 0
     assert _cli(capsys, "backup", "--include-audit-key", str(tmp_path / "keyed"))[0] == 0
     kinds = {
@@ -441,18 +463,18 @@ def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 @pytest.mark.slow
 def test_a_home_round_trips_through_an_s3_bucket(
     s3_endpoint: str,
-    clean_environment: Path,
+    key_off_the_host: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     settings = Settings.from_env()
-    _fill(clean_environment, tmp_path / "work")
+    _fill(key_off_the_host, tmp_path / "work")
     before = _read(settings)
     assert _cli(capsys, "backup", "s3://backups/kilowatt")[0] == 0
     code, out = _cli(capsys, "backup", "s3://backups/kilowatt")
     assert code == 0, out
     assert "0 copied" in out  # nothing changed: every object is already in the bucket
-    shutil.rmtree(clean_environment)
+    shutil.rmtree(key_off_the_host)
     code, out = _cli(capsys, "restore", "s3://backups/kilowatt")
     assert code == 0, out
     assert _read(settings) == before

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kilowatt.plan import Calibration, plan
+from kilowatt.plan import Calibration, make_plan
 from kilowatt.plan.calibration import serving_class
 from kilowatt.plan.result import ServeOption
 
@@ -16,7 +16,7 @@ SPEC = {
 
 
 def _option(calibration: Calibration) -> ServeOption:
-    option = plan(SPEC, calibration=calibration).recommendation
+    option = make_plan(SPEC, calibration=calibration).recommendation
     assert isinstance(option, ServeOption)
     return option
 
