@@ -62,7 +62,7 @@ def concurrency_limit(engine: Engine, prompt_tokens: int, output_tokens: int) ->
     """Most sequences the replica runs at once, and whether its KV cache is what limits it."""
     per_sequence = math.ceil((prompt_tokens + output_tokens / 2) / engine.block_tokens)
     by_memory = engine.kv_blocks // max(1, per_sequence)
-    return min(engine.max_sequences, by_memory), by_memory < engine.max_sequences
+    return min(engine.max_sequences, by_memory), by_memory <= engine.max_sequences
 
 
 def capacity_requests_per_s(engine: Engine, prompt_tokens: int, output_tokens: int) -> float:

@@ -299,7 +299,7 @@ def _option(spec: PlanSpec, device: Device, sized: _Sized, region: Region) -> Se
 
 def _verdict(sized: _Sized, slo_s: float) -> tuple[str, str]:
     state, cap = sized.state, sized.engine.max_sequences
-    if state.kv_limited and cap == state.slots:
+    if state.kv_limited:
         return "capacity", (
             f"capacity-bound: the paged KV cache holds {cap} running sequences, which caps "
             f"each replica at {sized.capacity_requests_per_s:.2f} requests/s; more memory "
