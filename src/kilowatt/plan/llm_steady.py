@@ -89,9 +89,9 @@ def steady_state(
 ) -> SteadyState | None:
     """The replica's steady state at this rate; None when it cannot keep up."""
     slots, kv_limited = concurrency_limit(engine, prompt_tokens, output_tokens)
-    if slots < 1 or requests_per_s >= capacity_requests_per_s(engine, prompt_tokens, output_tokens):
+    if slots < 1:
         return None
-    running, step = 0.0, 0.0
+    running = 0.0
     for _ in range(_FIXED_POINT_STEPS):
         phases = _phases(engine, running, requests_per_s, prompt_tokens, output_tokens)
         step = phases.mean_iteration_s
@@ -100,7 +100,8 @@ def steady_state(
             break
         running = nxt
     phases = _phases(engine, running, requests_per_s, prompt_tokens, output_tokens)
-    if phases.prefill_share >= 1.0:
+    busy = requests_per_s * output_tokens * phases.mean_iteration_s
+    if phases.prefill_share >= 1.0 or busy >= slots:  # the queue would grow without bound
         return None
     service_s = output_tokens * phases.mean_iteration_s
     ttft = Percentiles(
@@ -152,7 +153,9 @@ def _phases(
         share = rate / together * with_prefill
         if share >= 1.0:
             break
-        mean = 1.0 / (rate / together + (1.0 - share) / decode)
+        previous, mean = mean, 1.0 / (rate / together + (1.0 - share) / decode)
+        if abs(mean - previous) < 1e-9 * mean:
+            break
     return _Phases(decode, with_prefill, share, mean, memory_s >= compute_s)
 
 
