@@ -15,8 +15,14 @@ from kilowatt.plan.cost import HOURS_PER_MONTH, PriceBook
 from kilowatt.plan.device import Device
 from kilowatt.plan.energy import accelerator_power_w, footprint
 from kilowatt.plan.explain import figure, money
-from kilowatt.plan.inference import replicas_needed
-from kilowatt.plan.llm_serving import Engine, describe, poisson_arrivals, simulate
+from kilowatt.plan.inference import replicas_needed, tensor_parallel_step_s
+from kilowatt.plan.llm_serving import (
+    STEP_OVERHEAD_S,
+    Engine,
+    describe,
+    poisson_arrivals,
+    simulate,
+)
 from kilowatt.plan.llm_steady import (
     SteadyState,
     capacity_requests_per_s,
@@ -144,6 +150,8 @@ def _engine(device: Device, tp: int, spec: PlanSpec, mfu: float) -> Engine | str
             flops_per_s=tp * device.peak_flops(serve.precision) * mfu,
             precision=serve.precision,
             max_sequences=serve.max_batch,
+            # each iteration's all-reduces between the replica's devices (two per layer)
+            step_overhead_s=STEP_OVERHEAD_S + tensor_parallel_step_s(spec.model, 1, tp, device),
         )
     except PlanInfeasible as exc:
         return f"memory: {exc}"
