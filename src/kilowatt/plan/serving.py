@@ -1,5 +1,10 @@
 """The serving search: every allowed instance x replica size (tensor-parallel degree) x
-batch size x region; replicas sized for the request rate under the p99 objective."""
+cap on running sequences (``batch``; the KV cache may cap it lower) x region, each replica
+a continuous-batching engine ranked by its steady state (``kilowatt.plan.llm_steady``), with
+replicas sized for the request rate under the p99 objective. In a serving option,
+``prefill_s`` is the iteration that prefills a prompt, ``decode_step_s`` the mean iteration
+(inter-token latency) at the planned load and ``kv_cache_gib`` what the running sequences
+hold at the cap, at their mean length."""
 
 from __future__ import annotations
 
