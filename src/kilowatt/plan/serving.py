@@ -160,10 +160,11 @@ def _engine(device: Device, tp: int, spec: PlanSpec, mfu: float) -> Engine | str
         )
     except PlanInfeasible as exc:
         return f"memory: {exc}"
-    if engine.kv_capacity_tokens < serve.prompt_tokens + serve.output_tokens:
+    request = serve.prompt_tokens + serve.output_tokens
+    if math.ceil(request / engine.block_tokens) > engine.kv_blocks:  # whole blocks, as paged
         return (
             f"memory: the KV cache holds {engine.kv_capacity_tokens} tokens, fewer than one "
-            f"request's {serve.prompt_tokens + serve.output_tokens}"
+            f"request's {request}"
         )
     return engine
 
