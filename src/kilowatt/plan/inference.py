@@ -24,6 +24,7 @@ __all__ = [
     "estimate_replica",
     "prefill_s",
     "replicas_needed",
+    "tensor_parallel_step_s",
     "weight_bytes",
 ]
 
@@ -110,7 +111,7 @@ def estimate_replica(
     step, memory_bound = decode_step_s(
         model, batch, mean_context, serve.precision, flops_per_s, bytes_per_s
     )
-    step += _tp_comm_s(model, batch, tp, device)
+    step += tensor_parallel_step_s(model, batch, tp, device)
     batch_s = first + serve.output_tokens * step
     return ServeEstimate(
         tp=tp,
@@ -126,7 +127,7 @@ def estimate_replica(
     )
 
 
-def _tp_comm_s(model: PlanModel, batch: int, tp: int, device: Device) -> float:
+def tensor_parallel_step_s(model: PlanModel, batch: int, tp: int, device: Device) -> float:
     """Two all-reduces per layer of ``batch x hidden`` activations per decode step."""
     if tp <= 1:
         return 0.0

@@ -1,11 +1,16 @@
 """The serving search: every allowed instance x replica size (tensor-parallel degree) x
-batch size x region; replicas sized for the request rate under the p99 objective."""
+cap on running sequences (``batch``; the KV cache may cap it lower) x region, each replica
+a continuous-batching engine ranked by its steady state (``kilowatt.plan.llm_steady``), with
+replicas sized for the request rate under the p99 objective. In a serving option,
+``prefill_s`` is the iteration that prefills a prompt, ``decode_step_s`` the mean iteration
+(inter-token latency) at the planned load and ``kv_cache_gib`` what the running sequences
+hold at the cap, at their mean length."""
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kilowatt.catalog import Catalog, Instance, Region
 from kilowatt.errors import PlanInfeasible
@@ -15,22 +20,41 @@ from kilowatt.plan.cost import HOURS_PER_MONTH, PriceBook
 from kilowatt.plan.device import Device
 from kilowatt.plan.energy import accelerator_power_w, footprint
 from kilowatt.plan.explain import figure, money
-from kilowatt.plan.inference import ServeEstimate, estimate_replica, replicas_needed
-from kilowatt.plan.llm_serving import describe, simulate_replica
+from kilowatt.plan.inference import replicas_needed, tensor_parallel_step_s
+from kilowatt.plan.llm_serving import (
+    STEP_OVERHEAD_S,
+    Engine,
+    describe,
+    poisson_arrivals,
+    simulate,
+)
+from kilowatt.plan.llm_steady import (
+    SteadyState,
+    capacity_requests_per_s,
+    concurrency_limit,
+    steady_state,
+)
 from kilowatt.plan.memory import MEMORY_USABLE_FRACTION, kv_cache_bytes_per_token
 from kilowatt.plan.result import CostBreakdown, MemoryBreakdown, PlanResult, ServeOption
-from kilowatt.spec.plan import PlanSpec
+from kilowatt.spec.plan import PlanSpec, ServingWorkload
 from kilowatt.units import SECONDS_PER_HOUR, j_to_kwh
 
 __all__ = ["plan_serving"]
 
 _GIB = 2**30
 _MONTH_S = HOURS_PER_MONTH * SECONDS_PER_HOUR
+# The plans shown first are replayed through the event simulation, each with this many
+# Poisson arrivals; the search ranks every configuration by the steady-state estimate.
+_SIMULATED_PLANS = 3
+_SIMULATED_REQUESTS = 300
+# A replica at 1% of its capacity: the best latency more replicas can buy.
+_LIGHT_LOAD = 0.01
 
 
 @dataclass(frozen=True)
 class _Priced:
     option: ServeOption
+    engine: Engine
 
     @property
     def time_s(self) -> float:
@@ -65,48 +89,146 @@ def plan_serving(spec: PlanSpec, catalog: Catalog, calibration: Calibration) -> 
             or acc.mfu_default
         )
         for tp in _replica_sizes(device, spec):
-            for batch in _batches(serve.max_batch):
-                evaluated += len(regions)
-                label = f"{inst.name} TP{tp} batch {batch}"
-                est = estimate_replica(device, tp, batch, serve, spec.model, mfu)
-                if isinstance(est, str):
-                    rejections.add(label, est, times=len(regions))
+            engine = _engine(device, tp, spec, mfu)
+            caps = _batches(serve.max_batch)
+            evaluated += len(caps) * len(regions)
+            if isinstance(engine, str):
+                rejections.add(f"{inst.name} TP{tp}", engine, times=len(caps) * len(regions))
+                continue
+            for cap in _caps(engine, serve, caps, rejections, f"{inst.name} TP{tp}", regions):
+                label = f"{inst.name} TP{tp} batch {cap}"
+                sized = _sized(replace(engine, max_sequences=cap), serve, tp)
+                if isinstance(sized, str):
+                    rejections.add(label, sized, times=len(regions))
                     continue
                 for region in regions:
-                    option = _option(spec, device, est, region)
+                    option = _option(spec, device, sized, region)
                     problem = _violation(spec, option)
                     if problem:
                         rejections.add(f"{label} in {region.name}", problem)
                     else:
-                        priced.append(_Priced(option))
+                        priced.append(_Priced(option, sized.engine))
     if not priced:
         raise PlanInfeasible(_infeasible(spec, rejections, evaluated))
     result = _result(spec, priced, rejections, evaluated, time.perf_counter() - started)
-    return _with_simulation(result, spec, catalog, calibration)
+    engines = {_key(p.option): p.engine for p in priced}
+    return _with_simulation(result, spec, engines)
+
+
+def _key(option: ServeOption) -> tuple[str, int, int]:
+    return option.instance, option.accelerators_per_replica, option.batch
 
 
 def _with_simulation(
-    result: PlanResult, spec: PlanSpec, catalog: Catalog, calibration: Calibration
+    result: PlanResult, spec: PlanSpec, engines: dict[tuple[str, int, int], Engine]
 ) -> PlanResult:
-    """The recommendation replayed through the continuous-batching simulation."""
-    top, serve = result.recommendation, spec.serve
-    assert isinstance(top, ServeOption) and serve is not None
-    accelerator = catalog.accelerator(top.accelerator)
-    per_replica = serve.requests_per_s / top.replicas
-    simulated = simulate_replica(
-        spec.model,
-        accelerator,
-        top.accelerators_per_replica,
-        requests_per_s=per_replica,
-        prompt_tokens=serve.prompt_tokens,
-        output_tokens=serve.output_tokens,
-        precision=serve.precision,
-        mfu=calibration.mfu(accelerator.name, spec.model.calibration_class),
-        max_sequences=serve.max_batch,
-    )
-    return result.model_copy(
-        update={"explanation": [*result.explanation, describe(simulated, per_replica)]}
-    )
+    """The plans shown first, replayed through the continuous-batching event simulation
+    for exact latency percentiles (the search ranked them by the steady-state estimate)."""
+    serve = spec.serve
+    assert serve is not None
+    lines = []
+    for rank, option in enumerate(result.plans[:_SIMULATED_PLANS], start=1):
+        assert isinstance(option, ServeOption)
+        per_replica = serve.requests_per_s / option.replicas
+        arrivals = poisson_arrivals(
+            per_replica, _SIMULATED_REQUESTS, serve.prompt_tokens, serve.output_tokens
+        )
+        simulated = simulate(engines[_key(option)], arrivals)
+        which = "Recommended plan" if rank == 1 else f"Plan {rank}"
+        lines.append(
+            f"{which} ({option.instance} TP{option.accelerators_per_replica} batch "
+            f"{option.batch}): {describe(simulated, per_replica)}"
+        )
+    return result.model_copy(update={"explanation": [*result.explanation, *lines]})
+
+
+def _engine(device: Device, tp: int, spec: PlanSpec, mfu: float) -> Engine | str:
+    """One replica of ``tp`` devices as the continuous-batching engine, or why it cannot
+    hold the weights and one request's KV cache."""
+    serve = spec.serve
+    assert serve is not None
+    try:
+        engine = Engine.for_model(
+            spec.model,
+            memory_bytes=tp * device.memory_bytes,
+            bandwidth_bytes_per_s=tp * device.bandwidth_bytes_per_s,
+            flops_per_s=tp * device.peak_flops(serve.precision) * mfu,
+            precision=serve.precision,
+            max_sequences=serve.max_batch,
+            # each iteration's all-reduces between the replica's devices (two per layer)
+            step_overhead_s=STEP_OVERHEAD_S + tensor_parallel_step_s(spec.model, 1, tp, device),
+        )
+    except PlanInfeasible as exc:
+        return f"memory: {exc}"
+    request = serve.prompt_tokens + serve.output_tokens
+    if math.ceil(request / engine.block_tokens) > engine.kv_blocks:  # whole blocks, as paged
+        return (
+            f"memory: the KV cache holds {engine.kv_capacity_tokens} tokens, fewer than one "
+            f"request's {request}"
+        )
+    return engine
+
+
+def _caps(
+    engine: Engine,
+    serve: ServingWorkload,
+    caps: list[int],
+    rejections: Rejections,
+    label: str,
+    regions: list[Region],
+) -> list[int]:
+    """The running-sequence caps worth trying: those below what the KV cache holds, and
+    that limit itself; higher caps are never reached, so they are rejected as memory."""
+    slots, _ = concurrency_limit(engine, serve.prompt_tokens, serve.output_tokens)
+    for cap in caps:
+        if cap > slots:
+            rejections.add(
+                f"{label} batch {cap}",
+                f"memory: the KV cache holds {slots} running sequences, fewer than {cap}",
+                times=len(regions),
+            )
+    return sorted({cap for cap in caps if cap < slots} | {min(slots, max(caps))})
+
+
+@dataclass(frozen=True)
+class _Sized:
+    """A replica (engine), its capacity and the replicas that meet rate and objective."""
+
+    engine: Engine
+    tp: int
+    capacity_requests_per_s: float
+    replicas: int
+    state: SteadyState
+
+
+def _sized(engine: Engine, serve: ServingWorkload, tp: int) -> _Sized | str:
+    """Replicas for the rate at no more than ``max_utilization`` each, then more until the
+    steady-state p99 latency meets the objective (fewer requests per replica wait less)."""
+    shape = (serve.prompt_tokens, serve.output_tokens)
+    capacity = capacity_requests_per_s(engine, *shape)
+    light = steady_state(engine, capacity * _LIGHT_LOAD, *shape)
+    if light is None or light.latency_p99_s > serve.p99_latency_s:
+        latency = light.latency_p99_s if light else math.inf
+        return (
+            f"latency: p99 {latency:.2f} s even at light load exceeds the "
+            f"{serve.p99_latency_s:g} s objective"
+        )
+
+    def state(replicas: int) -> SteadyState | None:
+        found = steady_state(engine, serve.requests_per_s / replicas, *shape)
+        return found if found and found.latency_p99_s <= serve.p99_latency_s else None
+
+    replicas = replicas_needed(serve.requests_per_s, capacity, serve.max_utilization)
+    if state(replicas) is None:
+        failing, replicas = replicas, 2 * replicas
+        while state(replicas) is None:
+            failing, replicas = replicas, 2 * replicas
+        while replicas - failing > 1:  # the fewest that meet it
+            middle = (failing + replicas) // 2
+            failing, replicas = (failing, middle) if state(middle) else (middle, replicas)
+    met = state(replicas)
+    assert met is not None
+    return _Sized(engine, tp, capacity, replicas, met)
 
 
 def _replica_sizes(device: Device, spec: PlanSpec) -> list[int]:
@@ -121,12 +243,13 @@ def _batches(max_batch: int) -> list[int]:
     return sizes if sizes[-1] == max_batch else [*sizes, max_batch]
 
 
-def _option(spec: PlanSpec, device: Device, est: ServeEstimate, region: Region) -> ServeOption:
+def _option(spec: PlanSpec, device: Device, sized: _Sized, region: Region) -> ServeOption:
     serve = spec.serve
     assert serve is not None
     inst: Instance = device.instance
-    replicas = replicas_needed(serve.requests_per_s, est.requests_per_s, serve.max_utilization)
-    per_instance = device.per_node // est.tp
+    engine, state, replicas = sized.engine, sized.state, sized.replicas
+    tp = sized.tp
+    per_instance = device.per_node // tp
     instances = math.ceil(replicas / per_instance)
     prices = PriceBook.of(inst)
     hourly = {
@@ -135,36 +258,39 @@ def _option(spec: PlanSpec, device: Device, est: ServeEstimate, region: Region) 
         "committed": prices.committed,
         "mixed": prices.mixed(spec.constraints.mixed_committed_fraction),
     }
-    busy = serve.requests_per_s / (replicas * est.requests_per_s)
+    busy = serve.requests_per_s / (replicas * sized.capacity_requests_per_s)
     power_w = (
-        replicas * est.tp * accelerator_power_w(device.tdp_w, device.idle_w, busy)
+        replicas * tp * accelerator_power_w(device.tdp_w, device.idle_w, busy)
         + instances * inst.host_power
     )
     month = footprint(power_w, _MONTH_S, region)
     per_hour = hourly[spec.constraints.pricing] * instances
     requests_per_hour = serve.requests_per_s * SECONDS_PER_HOUR
-    bottleneck, verdict = _verdict(est, device, serve.p99_latency_s)
+    # the KV cache the running sequences hold at the cap, at their mean length
+    kv = engine.max_sequences * (serve.prompt_tokens + serve.output_tokens / 2)
+    kv_bytes = kv * engine.kv_bytes_per_token
+    bottleneck, verdict = _verdict(sized, serve.p99_latency_s)
     return ServeOption(
         instance=inst.name,
         cloud=inst.cloud,
         region=region.name,
         accelerator=device.accelerator.name,
-        accelerators_per_replica=est.tp,
+        accelerators_per_replica=tp,
         replicas_per_instance=per_instance,
         replicas=replicas,
         instances=instances,
         accelerators=instances * device.per_node,
         precision=device.accelerator.compute_precision(serve.precision),
-        batch=est.batch,
-        prefill_s=est.prefill_s,
-        decode_step_s=est.decode_step_s,
-        latency_p99_s=est.latency_p99_s,
-        requests_per_s_per_replica=est.requests_per_s,
-        output_tokens_per_s_per_replica=est.requests_per_s * serve.output_tokens,
+        batch=engine.max_sequences,
+        prefill_s=state.prefill_iteration_s,
+        decode_step_s=state.iteration_s,
+        latency_p99_s=state.latency_p99_s,
+        requests_per_s_per_replica=sized.capacity_requests_per_s,
+        output_tokens_per_s_per_replica=sized.capacity_requests_per_s * serve.output_tokens,
         memory=MemoryBreakdown(
-            weights_gib=est.weights_bytes / est.tp / _GIB,
-            kv_cache_gib=est.kv_bytes / est.tp / _GIB,
-            total_gib=est.memory_per_accelerator_bytes / _GIB,
+            weights_gib=engine.weight_bytes / tp / _GIB,
+            kv_cache_gib=kv_bytes / tp / _GIB,
+            total_gib=(engine.weight_bytes + kv_bytes) / tp / _GIB,
             capacity_gib=device.memory_bytes * MEMORY_USABLE_FRACTION / _GIB,
         ),
         cost_usd_per_hour=per_hour,
@@ -179,28 +305,30 @@ def _option(spec: PlanSpec, device: Device, est: ServeEstimate, region: Region) 
         energy_j_per_request=month.energy_j / (serve.requests_per_s * _MONTH_S),
         carbon_gco2e=month.carbon_gco2e,
         carbon_gco2e_per_request=month.carbon_gco2e / (serve.requests_per_s * _MONTH_S),
-        time_s=est.latency_p99_s,
+        time_s=state.latency_p99_s,
         bottleneck=bottleneck,
         verdict=verdict,
     )
 
 
-def _verdict(est: ServeEstimate, device: Device, slo_s: float) -> tuple[str, str]:
-    fill = est.memory_per_accelerator_bytes / (device.memory_bytes * MEMORY_USABLE_FRACTION)
-    if fill >= 0.9:
+def _verdict(sized: _Sized, slo_s: float) -> tuple[str, str]:
+    state, cap = sized.state, sized.engine.max_sequences
+    if state.kv_limited:
         return "capacity", (
-            f"capacity-bound: weights and KV cache fill {fill:.0%} of usable memory, which "
-            f"caps the batch at {est.batch}; more memory per replica allows larger batches"
+            f"capacity-bound: the paged KV cache holds {cap} running sequences, which caps "
+            f"each replica at {sized.capacity_requests_per_s:.2f} requests/s; more memory "
+            f"per replica runs more at once"
         )
-    if est.memory_bound:
+    if state.memory_bound:
         return "memory-bandwidth", (
-            f"memory-bandwidth-bound: each decode step reads all weights and the KV cache "
-            f"({est.decode_step_s * 1e3:.1f} ms per token at batch {est.batch}); larger "
-            f"batches share the reads until the p99 objective of {slo_s:g} s stops them"
+            f"memory-bandwidth-bound: each iteration reads all weights and the running "
+            f"sequences' KV cache ({state.iteration_s * 1e3:.1f} ms per token with "
+            f"{state.running:.0f} running); more sequences share the reads until the p99 "
+            f"objective of {slo_s:g} s stops them"
         )
     return "compute", (
-        f"compute-bound: at batch {est.batch} decode arithmetic outweighs memory traffic; "
-        f"prefill takes {est.prefill_s * 1e3:.0f} ms per batch"
+        f"compute-bound: decode and prefill arithmetic outweigh memory traffic; the "
+        f"iteration that prefills a prompt takes {state.prefill_iteration_s * 1e3:.0f} ms"
     )
 
 

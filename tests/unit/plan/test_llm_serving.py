@@ -120,6 +120,6 @@ def test_a_serving_plan_reports_the_simulated_latency_percentiles() -> None:
             "serve": {"requests_per_s": 5, "p99_latency_s": 30},
         }
     )
-    line = result.explanation[-1]
-    assert line.startswith("Continuous batching (event simulation, Poisson arrivals at ")
+    line = next(x for x in result.explanation if x.startswith("Recommended plan ("))
+    assert "Continuous batching (event simulation, Poisson arrivals at " in line
     assert "time to first token p50" in line and "inter-token p50" in line

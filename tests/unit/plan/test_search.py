@@ -12,6 +12,7 @@ import pytest
 from kilowatt.catalog import Accelerator, Catalog, Instance, Region
 from kilowatt.errors import CatalogLookupError, PlanInfeasible, SpecError
 from kilowatt.plan import Calibration, PlanResult, TrainOption, make_plan, record_measurement
+from kilowatt.plan.result import ServeOption
 from kilowatt.spec.train import young_daly_interval_s
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "plans"
@@ -239,3 +240,47 @@ def test_pricing_basis_sets_time_and_cost(tiny: Catalog, pricing: str) -> None:
         assert top.spot_checkpoint_interval_s == pytest.approx(
             young_daly_interval_s(checkpoint_s, 1 / nodes_rate)
         )
+
+
+def test_continuous_batching_ranks_kv_memory_above_batch_latency() -> None:
+    """Long outputs under a 40 s p99: a static batch must finish before the next starts, so
+    both parts run batches of 4 and the cheaper 24 GiB part wins; with continuous batching
+    the 80 GiB part keeps 64 sequences running within the objective, while the 24 GiB part's
+    KV cache holds only 15, so the 80 GiB part serves the rate for less."""
+    from kilowatt.plan.device import Device
+    from kilowatt.plan.inference import estimate_replica, replicas_needed
+    from kilowatt.spec.plan import PlanSpec
+
+    parts = [_acc("roomy", 80, 400, 400), _acc("tight", 24, 400, 400)]
+    offers = [_inst("roomy-1", "roomy", 1, 1.6, ["r"]), _inst("tight-1", "tight", 1, 1.0, ["r"])]
+    catalog = Catalog(
+        accelerators={a.name: a for a in parts},
+        instances={i.name: i for i in offers},
+        regions={"r": _region("r", 300)},
+    )  # fmt: skip
+    spec = {
+        "name": "chat",
+        "model": {"params": 7e9, "layers": 32, "hidden": 4096, "heads": 32, "seq_len": 4096},
+        "serve": {"requests_per_s": 20, "p99_latency_s": 40, "prompt_tokens": 128,
+                  "output_tokens": 2048},
+    }  # fmt: skip
+    parsed = PlanSpec.model_validate(spec)
+    assert parsed.serve is not None
+
+    def static_cost(name: str) -> float:
+        inst = catalog.instance(name)
+        device = Device.of(inst, catalog)
+        estimates = [estimate_replica(device, 1, b, parsed.serve, parsed.model, 0.4)
+                     for b in (1, 2, 4, 8, 16, 32, 64, 128, 256)]  # fmt: skip
+        return min(
+            replicas_needed(20, e.requests_per_s, 0.7) * inst.price_usd_per_hour
+            for e in estimates
+            if not isinstance(e, str) and e.latency_p99_s <= 40
+        )
+
+    assert static_cost("tight-1") < static_cost("roomy-1")
+    plans = make_plan(spec, catalog=catalog, calibration=Calibration()).plans
+    assert [p.instance for p in plans] == ["roomy-1", "tight-1"]
+    roomy, tight = plans
+    assert isinstance(tight, ServeOption) and isinstance(roomy, ServeOption)
+    assert roomy.batch > 8 * 4 and tight.batch == 15 and tight.bottleneck == "capacity"
