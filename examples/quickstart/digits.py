@@ -6,13 +6,16 @@ The data is scikit-learn's copy of the UCI handwritten digits (1,797 images of 8
 
     kilowatt train examples/quickstart/digits.yaml   # the training step on its own
 
+``kilowatt quickstart`` first stores the digits as the versioned data set
+``sklearn-digits:<scikit-learn version>`` (``dataset_source``) and trains by streaming its
+training rows through ``kilowatt.data.Loader``.
+
 A sample is the 64 pixels of one image as floats in [0, 1], row by row; the model answers
 with 10 logits, one per digit.
 """
 
 from __future__ import annotations
 
-import hashlib
 from functools import cache
 from typing import Any
 
@@ -55,17 +58,52 @@ def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
 
 
+#: The versioned data set the quickstart trains from (``kilowatt.data``).
+DATASET_NAME = "sklearn-digits"
+#: Its columns: the inputs, the targets, and which side of the seeded hold-out a row is on.
+PIXELS_COLUMN, LABEL_COLUMN, SPLIT_COLUMN = "pixels", "label", "split"
+
+
 @cache
-def _split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every image as 64 floats in [0, 1], its label, and whether it is held out."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     images = (digits.data / 16.0).astype(np.float32)  # 16 grey levels -> [0, 1]
     labels = digits.target.astype(np.int64)
     order = np.random.default_rng(SPLIT_SEED).permutation(len(labels))
-    held_out = int(len(labels) * EVAL_FRACTION)
-    test, train = order[:held_out], order[held_out:]
+    held_out = np.zeros(len(labels), dtype=bool)
+    held_out[order[: int(len(labels) * EVAL_FRACTION)]] = True
+    return images, labels, held_out
+
+
+@cache
+def _split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Training and held-out images and labels, each in the seeded permutation's order."""
+    images, labels, held_out = _digits()
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(labels))
+    test, train = order[held_out[order]], order[~held_out[order]]
     return images[train], labels[train], images[test], labels[test]
+
+
+def dataset_source() -> tuple[str, str, dict[str, np.ndarray]]:
+    """The shipped digits as a data set: name, version (scikit-learn's, whose copy it is)
+    and columns. The same scikit-learn gives the same content, so the same version."""
+    import sklearn
+
+    images, labels, held_out = _digits()
+    columns = {
+        PIXELS_COLUMN: images,
+        LABEL_COLUMN: labels,
+        SPLIT_COLUMN: np.where(held_out, "test", "train"),
+    }
+    return DATASET_NAME, sklearn.__version__, columns
+
+
+def is_training_sample(sample: dict[str, Any]) -> bool:
+    """The loader's filter: rows outside the held-out evaluation set."""
+    return bool(sample[SPLIT_COLUMN] == "train")
 
 
 def make_dataset() -> TensorDataset:
@@ -98,31 +136,6 @@ def example_request() -> tuple[list[float], int]:
     """One held-out image as a request body's inputs, and the digit it shows."""
     _, _, images, labels = _split()
     return [float(v) for v in images[0]], int(labels[0])
-
-
-def dataset_record() -> dict[str, Any]:
-    """What the tracking store records about the data: name, version, a SHA-256
-    fingerprint of the pixels and labels, size and schema."""
-    import sklearn
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    data = np.ascontiguousarray(digits.data, dtype=np.float64)
-    target = np.ascontiguousarray(digits.target, dtype=np.int64)
-    fingerprint = hashlib.sha256(data.tobytes() + target.tobytes()).hexdigest()
-    return {
-        "name": "sklearn-digits",
-        "version": f"sklearn-{sklearn.__version__}",
-        "fingerprint": fingerprint,
-        "source_url": "python://sklearn.datasets.load_digits",
-        "size_bytes": data.nbytes + target.nbytes,
-        "num_rows": int(target.shape[0]),
-        "schema": {
-            "pixels": f"{PIXELS} x float (0-16 grey levels, 8x8 row by row)",
-            "label": f"int 0-{CLASSES - 1}",
-            "split": f"seeded permutation (seed {SPLIT_SEED}), {EVAL_FRACTION:.0%} held out",
-        },
-    }
 
 
 def export(model: nn.Module, path: str) -> str:

@@ -84,6 +84,8 @@ def test_fast_quickstart_reports_plausible_numbers_and_fills_the_store(
         (("model_version", str(version.id)), ("deployment", str(deployment.id))),
     }
     assert graph.nodes[dataset].label.startswith("sklearn-digits:")
+    with open_store() as store:  # the training read that data set through kilowatt's loader
+        assert "data_wait_s" in store.latest_metrics(run.id)
 
     # A second run is a second run: a new run, the next version, another deployment.
     again = _quickstart("--steps", "20", "--load-seconds", "0.2")
@@ -92,6 +94,8 @@ def test_fast_quickstart_reports_plausible_numbers_and_fills_the_store(
     with open_store() as store:
         assert len(store.list_runs("quickstart")) == 2
         assert [d.status for d in store.list_deployments("quickstart-digits")] == ["stopped"] * 2
+        second = store.lineage_of(store.get_model_version("quickstart-digits:2"))
+    assert store_dataset_key(second) == dataset  # the same content reuses its version
     # The first run's measured MFU now feeds the plan.
     assert "(calibration) on" in again.stdout
 

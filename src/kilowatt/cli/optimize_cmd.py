@@ -12,8 +12,14 @@ from rich.table import Table
 
 from kilowatt.cli.store_cmd import console, open_cli_store
 from kilowatt.errors import SpecError
+from kilowatt.spec import Settings
 
-__all__ = ["optimize_model", "parse_fraction", "register", "saving_line"]
+__all__ = ["dataset_eval", "optimize_model", "parse_fraction", "register", "saving_line"]
+
+DATASET_PREFIX = "dataset:"
+#: Column names tried, in order, when a ``dataset:`` eval does not name its columns.
+DEFAULT_INPUTS = ("inputs", "x")
+DEFAULT_TARGETS = ("targets", "y", "label")
 
 
 def register(app: typer.Typer) -> None:
@@ -21,6 +27,55 @@ def register(app: typer.Typer) -> None:
     from kilowatt.cli.models_cmd import models_app
 
     models_app.command("promote")(promote)
+
+
+def dataset_eval(ref: str) -> Any:
+    """The eval set of ``--eval dataset:NAME:VERSION[:INPUTS,TARGETS]``: two columns of a
+    registered data set version, read whole into numpy arrays.
+
+    Without column names, inputs come from ``inputs`` or ``x`` and targets from
+    ``targets``, ``y`` or ``label``.
+
+    Raises:
+        SpecError: a malformed reference or columns that cannot be guessed.
+        DataError: an unknown data set version, or a named column it lacks.
+    """
+    from kilowatt.data import open_dataset, storage_from_settings
+    from kilowatt.optimize import EvalSet
+
+    name, version, columns = _split_dataset_ref(ref)
+    found = open_dataset(f"{name}:{version}", storage_from_settings(Settings.from_env()))
+    if columns is None:
+        have = found.manifest.arrow_schema.names
+        columns = (_pick(DEFAULT_INPUTS, have, ref), _pick(DEFAULT_TARGETS, have, ref))
+    import numpy as np
+
+    arrays = found.read_arrays(*columns)
+    # Arrow hands out read-only views; torch.from_numpy wants arrays it may write to.
+    return EvalSet(np.array(arrays[columns[0]]), np.array(arrays[columns[1]]))
+
+
+def _split_dataset_ref(ref: str) -> tuple[str, str, tuple[str, str] | None]:
+    name, _, rest = ref.partition(":")
+    version, _, names = rest.partition(":")
+    inputs, comma, targets = names.partition(",")
+    if not name or not version or (names and not (comma and inputs and targets)):
+        raise SpecError(
+            f"eval {DATASET_PREFIX}{ref!r} is not {DATASET_PREFIX}NAME:VERSION or "
+            f"{DATASET_PREFIX}NAME:VERSION:INPUTS,TARGETS; write e.g. "
+            f"{DATASET_PREFIX}digits:v1 or {DATASET_PREFIX}digits:v1:image,label"
+        )
+    return name, version, (inputs, targets) if names else None
+
+
+def _pick(candidates: tuple[str, ...], have: list[str], ref: str) -> str:
+    for column in candidates:
+        if column in have:
+            return column
+    raise SpecError(
+        f"eval {DATASET_PREFIX}{ref}: none of the columns {list(candidates)} is in {have}; "
+        f"name them: {DATASET_PREFIX}{ref}:INPUTS,TARGETS"
+    )
 
 
 def parse_fraction(text: str) -> float:
@@ -42,7 +97,10 @@ def parse_fraction(text: str) -> float:
 def optimize(
     model: str = typer.Argument(..., help="A registered version NAME[:V|@alias] or a model file."),
     eval_ref: str = typer.Option(
-        ..., "--eval", help="module:function returning the eval set, or an .npz file"
+        ...,
+        "--eval",
+        help="dataset:NAME:VERSION[:INPUTS,TARGETS], module:function returning the eval set, "
+        "or an .npz file",
     ),
     max_accuracy_drop: str = typer.Option("0.5%", help="accuracy budget vs fp32 (0.5% or 0.005)"),
     slo_p99_ms: float | None = typer.Option(None, help="batch-1 p99 latency bound in ms"),
@@ -65,7 +123,9 @@ def optimize(
     tune_concurrency: int = typer.Option(8, help="closed-loop connections of the sweep"),
 ) -> None:
     """Build and measure model variants in joules; keep the best within the accuracy budget."""
-    from kilowatt.optimize import Effort, OptimizeOptions, load_eval
+    from kilowatt.optimize import Effort, OptimizeOptions, load_eval, register_eval_source
+
+    register_eval_source(DATASET_PREFIX, dataset_eval)  # optimize knows no data layer
 
     budget = parse_fraction(max_accuracy_drop)
     spec = _train_spec(train)
@@ -198,7 +258,6 @@ def _resolve_model(ref: str, workdir: Path) -> tuple[Path, Any]:
     if Path(ref).is_file():
         return Path(ref), None
     from kilowatt.cli.serve_cmd import _registry_spec
-    from kilowatt.spec import Settings
 
     with open_cli_store() as store:
         spec = _registry_spec(ref, Settings.from_env(), store)
@@ -249,6 +308,8 @@ def _record(report: Any, parent: Any, eval_ref: str, options: Any, workdir: Path
             "optimize", name=f"optimize {parent.ref}", params=params, store=store
         ) as run:
             store.record_optimization(parent, run.id)
+            if eval_ref.startswith(DATASET_PREFIX):
+                _record_eval_dataset(run, eval_ref)
             if baseline is not None:
                 baseline.version = parent.ref
             for row in _rows_to_register(report):
@@ -256,6 +317,14 @@ def _record(report: Any, parent: Any, eval_ref: str, options: Any, workdir: Path
             report_file = workdir / REPORT_ARTIFACT
             report_file.write_text(json.dumps(report.as_dict(), indent=1, default=str))
             run.log_artifact(report_file)
+
+
+def _record_eval_dataset(run: Any, eval_ref: str) -> None:
+    """The lineage edge eval data set -> optimize run."""
+    from kilowatt.cli.data_cmd import record_input
+
+    name, version, _columns = _split_dataset_ref(eval_ref[len(DATASET_PREFIX) :])
+    record_input(run, f"{name}:{version}", Settings.from_env())
 
 
 def _rows_to_register(report: Any) -> list[Any]:

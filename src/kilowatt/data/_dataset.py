@@ -18,6 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -31,7 +32,7 @@ from kilowatt.data._manifest import (
     schema_summary,
     sha256_hex,
 )
-from kilowatt.data._sources import Source, record_batches, split_into_shards
+from kilowatt.data._sources import Source, record_batches, split_into_shards, table_to_arrays
 from kilowatt.data._stats import compute_stats
 from kilowatt.data._storage import Storage, with_retries
 from kilowatt.errors import DataError
@@ -70,6 +71,22 @@ class DataSetVersion:
             decode_shard(self._checked_shard(s), self.shard_url(s)) for s in self.manifest.shards
         ]
         return pa.concat_tables(tables) if tables else self.manifest.arrow_schema.empty_table()
+
+    def read_arrays(self, *columns: str) -> dict[str, Any]:
+        """Every row of ``columns`` as numpy arrays (tensor columns keep their shape).
+
+        Raises:
+            DataError: a column the version lacks, naming the ones it has.
+        """
+        have = list(self.manifest.arrow_schema.names)
+        missing = [c for c in columns if c not in have]
+        if missing:
+            m = self.manifest
+            raise DataError(
+                f"data set {m.name}:{m.version} has no column {', '.join(map(repr, missing))}; "
+                f"its columns are {have}"
+            )
+        return table_to_arrays(self.read_table().select(list(columns)))
 
     def _checked_shard(self, shard: ShardInfo) -> bytes:
         url = self.shard_url(shard)

@@ -33,6 +33,7 @@ from kilowatt.data._cache import AccessPlan, CacheStats, Policy, ShardCache
 from kilowatt.data._dataset import DataSetVersion, open_dataset
 from kilowatt.data._manifest import decode_shard
 from kilowatt.data._order import Order
+from kilowatt.data._sources import table_to_arrays
 from kilowatt.data._storage import Storage, is_local_url
 from kilowatt.errors import DataError
 
@@ -197,7 +198,7 @@ class _WorkerReader:
         tables = [self._shard_table(index + k) for k in range(count)]
         for ahead in range(index + count, index + count + self.options.prefetch_shards):
             self._submit(ahead)
-        return _columns(pa.concat_tables(tables))
+        return table_to_arrays(pa.concat_tables(tables))
 
     def _shard_table(self, index: int) -> pa.Table:
         self._submit(index)
@@ -418,19 +419,6 @@ def _plan_times(
             for k, shard in enumerate(mine):
                 times.append((e + (k + 0.5) / len(mine), shards[shard].sha256, (e, worker)))
     return times
-
-
-def _columns(table: pa.Table) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name in table.column_names:
-        column = table.column(name).combine_chunks()
-        if isinstance(column.type, pa.FixedShapeTensorType):
-            out[name] = column.to_numpy_ndarray()
-        elif pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
-            out[name] = column.to_numpy(zero_copy_only=False)
-        else:
-            out[name] = np.asarray(column.to_pylist(), dtype=object)
-    return out
 
 
 def _take(values: Any, rows: np.ndarray) -> Any:

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from kilowatt.errors import DataError
 
-__all__ = ["Source", "record_batches", "split_into_shards"]
+__all__ = ["Source", "record_batches", "split_into_shards", "table_to_arrays"]
 
 #: A folder, a file, arrays by column, a table, or samples (dicts of column -> value).
 Source = str | Path | Mapping[str, Any] | pa.Table | Iterable[Mapping[str, Any]]
@@ -54,6 +54,21 @@ def arrays_to_table(arrays: Mapping[str, Any]) -> pa.Table:
             "value per sample"
         )
     return pa.table(columns)
+
+
+def table_to_arrays(table: pa.Table) -> dict[str, Any]:
+    """``{column: numpy array}``: tensor columns keep their shape, numbers stay numbers,
+    anything else becomes an object array."""
+    out: dict[str, Any] = {}
+    for name in table.column_names:
+        column = table.column(name).combine_chunks()
+        if isinstance(column.type, pa.FixedShapeTensorType):
+            out[name] = column.to_numpy_ndarray()
+        elif pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+            out[name] = column.to_numpy(zero_copy_only=False)
+        else:
+            out[name] = np.asarray(column.to_pylist(), dtype=object)
+    return out
 
 
 def _path_batches(path: Path) -> Iterator[pa.RecordBatch]:

@@ -86,6 +86,7 @@ def build_trainer(
     callbacks: Sequence[Callback] = (),
     accountant: Accountant | None = None,
     meter: Callable[[], EnergyMeter] | None = EnergyMeter.for_this_process,
+    train_data: Any = None,
     **overrides: Any,
 ) -> Trainer:
     """A ``Trainer`` for ``spec``: entry points resolved and checked, options passed on.
@@ -95,6 +96,8 @@ def build_trainer(
         callbacks: e.g. the store-backed recorder.
         accountant: prices energy and time (the CLI builds it from the catalog).
         meter: the meter factory for each rank.
+        train_data: a data source the caller built (e.g. a filtered ``kilowatt.data.Loader``),
+            read instead of the spec's.
         overrides: option fields to replace (e.g. ``resume="never"``, ``steps=3``).
     """
     entry = {
@@ -102,11 +105,11 @@ def build_trainer(
         for key in SIGNATURES
         if (value := getattr(spec, key)) is not None
     }
-    if spec.data is not None:
+    if train_data is None and spec.data is not None:
         from kilowatt.data import loader_from_spec
 
-        train_data: Any = loader_from_spec(spec.data, Settings.from_env())
-    else:
+        train_data = loader_from_spec(spec.data, Settings.from_env())
+    elif train_data is None:
         train_data = entry["dataloader"] if "dataloader" in entry else entry["dataset"]()
     eval_data = entry["eval_dataset"]() if "eval_dataset" in entry else None
     return Trainer(

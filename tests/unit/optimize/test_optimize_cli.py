@@ -1,6 +1,7 @@
 """``kilowatt optimize`` on a registered version: prints the variant table, registers the
 kept variant with lineage parent -> optimize run -> variant and the transform recorded,
-and stores the report the promotion gate reads."""
+and stores the report the promotion gate reads. With ``--eval dataset:NAME:VERSION`` a
+registered data set version is the eval set and the run's recorded input."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import torch
 from torch import nn
 
 from kilowatt.cli.main import main
+from kilowatt.data import create_dataset, storage_from_settings
+from kilowatt.spec import Settings
 from kilowatt.store import open_store
 
 
@@ -62,3 +65,68 @@ def test_optimize_registers_the_kept_variant_with_lineage(
         report = store.optimize_report(versions[1])
         assert report is not None and report["baseline"] == "fp32-eager x1"
         assert store.version_figures(variants[0]) is not None
+
+
+def _create_eval_dataset(**columns_as: str) -> None:
+    inputs, labels = eval_set()
+    names = {"inputs": "x", "targets": "y", **columns_as}
+    arrays = {names["inputs"]: inputs, names["targets"]: labels}
+    create_dataset(arrays, "mlp-eval", "v1", storage_from_settings(Settings.from_env()))
+
+
+def _register_mlp(tmp_path: Path) -> None:
+    model_file = tmp_path / "mlp.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(make_mlp()).save(str(model_file))
+    with open_store() as store:
+        run = store.create_run("train")
+        store.log_artifact(run.id, model_file)
+        store.register_model(
+            "mlp", run_id=run.id, artifact="mlp.pt", signature={"input_shape": [8]}
+        )
+
+
+@pytest.mark.slow
+def test_optimize_evaluates_on_a_registered_data_set_and_records_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _create_eval_dataset()
+    _register_mlp(tmp_path)
+    code = main([
+        "optimize", "mlp:1", "--eval", "dataset:mlp-eval:v1", "--quick", "--threads", "1",
+        "--transforms", "onnx", "--max-accuracy-drop", "100%",
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "onnx x1" in out and "chosen:" in out
+    with open_store() as store:
+        variant = max(store.list_model_versions("mlp"), key=lambda v: v.version)
+        assert variant.version > 1
+        labels = {node.label for node in store.lineage_of(variant).nodes.values()}
+    assert any("mlp-eval" in label for label in labels), labels  # data set -> optimize run
+
+
+def test_named_columns_are_read_into_the_eval_set() -> None:
+    from kilowatt.cli.optimize_cmd import dataset_eval
+
+    _create_eval_dataset(inputs="pixels", targets="digit")
+    inputs, labels = eval_set()
+    evaluation = dataset_eval("mlp-eval:v1:pixels,digit")
+    assert evaluation.inputs.shape == (32, 8)
+    assert (evaluation.inputs == inputs).all() and (evaluation.targets == labels).all()
+
+
+def test_an_unknown_data_set_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["optimize", "model.pt", "--eval", "dataset:no-such:v9"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "no-such" in err and "kilowatt data list" in err
+
+
+def test_columns_that_cannot_be_found_are_named(capsys: pytest.CaptureFixture[str]) -> None:
+    _create_eval_dataset(inputs="pixels", targets="digit")
+    assert main(["optimize", "model.pt", "--eval", "dataset:mlp-eval:v1"]) == 1
+    assert "dataset:mlp-eval:v1:INPUTS,TARGETS" in capsys.readouterr().err.replace("\n", "")
+    assert main(["optimize", "model.pt", "--eval", "dataset:mlp-eval:v1:pixels,label"]) == 1
+    assert "no column 'label'" in capsys.readouterr().err

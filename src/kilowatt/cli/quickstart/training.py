@@ -1,8 +1,10 @@
 """Steps 2 and 3 of the quickstart: train with tracking, evaluate, register the model.
 
-The trainer never sees the store: the run is created here, the data set is linked to it,
-and the store-backed recorder receives the trainer's events. The model that is evaluated
-and registered is read back from the run's final, verified checkpoint.
+The trainer never sees the store: the run is created here, the example's digits become
+a versioned data set (``kilowatt.data``) that is linked to it and that the trainer streams
+through a ``Loader``, and the store-backed recorder receives the trainer's events. The
+model that is evaluated and registered is read back from the run's final, verified
+checkpoint.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ def train_and_register(
     import torch
 
     from kilowatt.backends.recorder import StoreRecorder
+    from kilowatt.cli.data_cmd import record_input
     from kilowatt.meter import Accountant
     from kilowatt.store import register_model, start_run
     from kilowatt.train.entry import build_trainer
@@ -102,7 +105,9 @@ def train_and_register(
     )  # fmt: skip
     status = "failed"
     try:
-        dataset = run.log_dataset(**workload.module.dataset_record(), role="input")
+        dataset = _dataset_version(workload, settings)
+        dataset_ref = f"{dataset.manifest.name}:{dataset.manifest.version}"
+        record_input(run, dataset_ref, settings)  # lineage: data set -> run
         checkpoint = {
             **spec.checkpoint.model_dump(),
             "url": str(settings.home / "checkpoints" / spec.name / run.id),
@@ -114,6 +119,7 @@ def train_and_register(
             steps=steps,
             resume="never",
             checkpoint=checkpoint,
+            train_data=_training_loader(workload, dataset, settings),
         )
         result = trainer.fit()
         if result.preempted:
@@ -140,8 +146,30 @@ def train_and_register(
         eval_samples=len(eval_set),
         model_ref=version.ref,
         model_version_id=version.id,
-        dataset=f"{dataset.name}:{dataset.version}",
+        dataset=dataset_ref,
         calibration=calibration,
+    )
+
+
+def _dataset_version(workload: Workload, settings: Settings) -> Any:
+    """The example's data as a versioned data set in the home's data store; the same
+    content finds the version an earlier run created."""
+    from kilowatt.data import create_dataset, storage_from_settings
+
+    name, version, columns = workload.module.dataset_source()
+    return create_dataset(columns, name, version, storage_from_settings(settings))
+
+
+def _training_loader(workload: Workload, version: Any, settings: Settings) -> Any:
+    """A ``kilowatt.data.Loader`` over the data set's training rows, as (pixels, label)."""
+    from kilowatt.data import Loader
+
+    module = workload.module
+    return Loader(
+        version,
+        filter=module.is_training_sample,
+        pair=(module.PIXELS_COLUMN, module.LABEL_COLUMN),
+        cache_dir=settings.data_cache_dir,
     )
 
 

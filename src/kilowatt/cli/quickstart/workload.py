@@ -24,7 +24,13 @@ TRAIN_SPEC_FILE = "digits.yaml"
 PLAN_SPEC_FILE = "plan.yaml"
 CATALOG_FILE = "catalog.yaml"
 #: What the example module must provide besides the spec's entry points.
-_MODULE_FUNCTIONS = ("accuracy", "example_request", "dataset_record", "export")
+_MODULE_FUNCTIONS = (
+    "accuracy",
+    "example_request",
+    "dataset_source",
+    "is_training_sample",
+    "export",
+)
 
 
 @dataclass(frozen=True)
