@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from kilowatt.serve.errors import DeadlineUnmeetable, InvalidInput
+from kilowatt.serve.generate.blocks import BlockManager
 from kilowatt.serve.generate.engine import (
     EngineConfig,
     Finished,
@@ -19,7 +20,7 @@ from kilowatt.serve.generate.engine import (
     GenerationReport,
 )
 from kilowatt.serve.generate.hfbuild import build_gpt2_folder
-from kilowatt.serve.generate.lm import HFRunner, PagedRunner, load_runner
+from kilowatt.serve.generate.lm import HFRunner, PagedRunner, StepInput, load_runner
 from kilowatt.serve.generate.sampling import SamplingParams
 from kilowatt.serve.generate.tinygpt import ByteTokenizer, TinyGPT, TinyGPTConfig
 
@@ -106,6 +107,64 @@ def test_mixed_batch_equals_generate_for_a_transformers_model(gpt2_folder: Path)
         engine.close()
     for prompt, n, result in zip(PROMPTS, LENGTHS, results, strict=True):
         assert list(result.token_ids) == hf_reference(runner, prompt, n)
+
+
+def test_transformers_slots_survive_joins_leaves_and_preemption(gpt2_folder: Path) -> None:
+    # Few blocks force preemption (a sequence's slot is dropped and rebuilt); answers of
+    # different lengths leave at different steps (the last slot moves into the hole) and a
+    # late request joins a running batch: every answer still equals model.generate.
+    runner = load_runner(gpt2_folder, num_blocks=9, block_size=8)
+    assert isinstance(runner, HFRunner)
+    engine = GenerationEngine(
+        runner, EngineConfig(num_blocks=9, block_size=8, prefill_tokens_per_step=8)
+    )
+    engine.start()
+    prompts, lengths = [*PROMPTS, "Power"], [*LENGTHS, 9]
+
+    async def scenario() -> list[Finished]:
+        early = [await engine.submit(prompts[i], greedy(lengths[i])) for i in range(3)]
+        tokens = early[2].__aiter__()
+        for _ in range(4):  # the batch is decoding when the others arrive
+            await anext(tokens)
+        late = [await engine.submit(prompts[i], greedy(lengths[i])) for i in range(3, 5)]
+        rest = [item async for item in tokens]
+        done = await asyncio.gather(*(s.collect() for s in [*early[:2], *late]))
+        return [*done[:2], rest[-1], *done[2:]]
+
+    try:
+        results = asyncio.run(scenario())
+    finally:
+        engine.close()
+    for prompt, n, result in zip(prompts, lengths, results, strict=True):
+        assert list(result.token_ids) == hf_reference(runner, prompt, n)
+    assert sum(r.report.preemptions for r in results) >= 1
+    assert not runner._slots.ids  # every slot was given back
+
+
+def test_transformers_logits_match_a_full_pass_after_a_sequence_leaves(
+    gpt2_folder: Path,
+) -> None:
+    # Random weights barely let context sway the argmax, so compare the logits themselves:
+    # after the first sequence leaves (the last slot moves into its row) and a chunked
+    # prompt continues, every decode step equals one uncached pass over the whole context.
+    runner = load_runner(gpt2_folder, num_blocks=64, block_size=8)
+    assert isinstance(runner, HFRunner)
+    blocks = BlockManager(64, 8)
+    context = {seq: runner.tokenizer.encode(p) for seq, p in zip("abc", PROMPTS, strict=False)}
+    runner.step([StepInput(seq, ids, 0) for seq, ids in context.items()], blocks)
+    runner.release("a")
+    del context["a"]
+    context["d"] = runner.tokenizer.encode(PROMPTS[3])
+    runner.step([StepInput("d", context["d"][:4], 0)], blocks)
+    runner.step([StepInput("d", context["d"][4:], 4)], blocks)
+    for token in (5, 17, 40):
+        work = [StepInput(seq, [token], len(ids)) for seq, ids in context.items()]
+        logits = runner.step(work, blocks)
+        for row, seq in enumerate(context):
+            context[seq] = [*context[seq], token]
+            with torch.inference_mode():
+                full = runner.model(torch.tensor([context[seq]])).logits[0, -1]
+            torch.testing.assert_close(logits[row], full, atol=1e-4, rtol=1e-4)
 
 
 def test_a_request_joining_mid_batch_gets_the_tokens_it_gets_alone(tiny: TinyGPT) -> None:

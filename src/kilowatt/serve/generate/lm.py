@@ -5,12 +5,13 @@ Two runners:
 - ``PagedRunner`` serves kilowatt's own decoder with a real paged KV cache: one pool of
   blocks per layer, attention reading each sequence's keys through its block table.
 - ``HFRunner`` serves any ``transformers`` causal LM from a local folder. Its attention is
-  the library's, so the cache is kept per sequence and gathered when the batch changes:
-  decoding sequences are left-padded to one batch (attention mask and position ids say
-  where each starts), which keeps decoding while the same sequences stay, and is split back
-  into per-sequence caches when one joins or leaves; first prompt chunks run together,
-  left-padded, and later chunks one sequence at a time. The block manager still budgets
-  its memory in blocks of tokens.
+  the library's, so each cached sequence owns one row (slot) of preallocated per-layer
+  key/value buffers, its token at position p in column p. A decode step feeds one token
+  per row, writes each new key and value in place at its row's length, and passes a
+  padding mask and position ids, so sequences join and leave the batch without copying
+  the others' caches. First prompt chunks run together, left-padded, and later chunks one
+  sequence at a time; each chunk's result is stored into its slot. The block manager
+  still budgets the memory in blocks of tokens.
 
 Both return the logits at each sequence's last new token.
 """
@@ -160,7 +161,7 @@ class PagedRunner:
 
 
 class HFRunner:
-    """A ``transformers`` causal LM with a per-sequence cache gathered per step."""
+    """A ``transformers`` causal LM whose sequences keep their caches in batch slots."""
 
     def __init__(self, model: Any, tokenizer: Any, name: str) -> None:
         self.model = model
@@ -179,8 +180,7 @@ class HFRunner:
         element = next(model.parameters()).element_size()
         self.kv_bytes_per_token = 2 * layers * (hidden // heads) * kv_heads * element
         self.parameters = sum(p.numel() for p in model.parameters())
-        self._cache: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-        self._live: _LiveBatch | None = None
+        self._slots = _Slots(self.context)
         # transformers 5.2x renamed ``past_key_values`` to ``cache``; speak whichever it takes.
         accepts = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in accepts else "past_key_values"
@@ -198,26 +198,24 @@ class HFRunner:
 
     def step(self, work: list[StepInput], blocks: BlockManager) -> torch.Tensor:
         rows: dict[int, torch.Tensor] = {}
-        decode = [i for i, w in enumerate(work) if len(w.tokens) == 1 and self._has(w.seq_id)]
+        decode = [i for i, w in enumerate(work) if len(w.tokens) == 1 and w.seq_id in self._slots]
         fresh = [i for i, w in enumerate(work) if w.start == 0 and i not in decode]
         with torch.inference_mode():
+            # Decoders first: a sequence put in a slot by this step's prefill would only
+            # ride along the decode pass as an idle row.
+            if decode:
+                logits = self._decode([work[i] for i in decode])
+                rows.update(zip(decode, logits, strict=True))
             if fresh:
                 logits = self._prefill_fresh([work[i] for i in fresh])
                 rows.update(zip(fresh, logits, strict=True))
             for i, item in enumerate(work):
                 if i not in decode and i not in fresh:
                     rows[i] = self._prefill(item)
-            if decode:
-                logits = self._decode([work[i] for i in decode])
-                rows.update(zip(decode, logits, strict=True))
         return torch.stack([rows[i] for i in range(len(work))])
 
-    def _has(self, seq_id: str) -> bool:
-        live = self._live
-        return seq_id in self._cache or (live is not None and seq_id in live.alive)
-
     def _prefill(self, item: StepInput) -> torch.Tensor:
-        past = self._cache.get(item.seq_id, []) if item.start else []
+        past = self._slots.cached(item.seq_id) if item.start else []
         end = item.start + len(item.tokens)
         out = self._forward(
             input_ids=torch.tensor([item.tokens]),
@@ -225,7 +223,7 @@ class HFRunner:
             position_ids=torch.arange(item.start, end).unsqueeze(0),
             cache=_growing_cache(past),
         )
-        self._cache[item.seq_id] = [(lay.keys, lay.values) for lay in out.cache.layers]
+        self._slots.put(item.seq_id, [(lay.keys, lay.values) for lay in out.cache.layers])
         return out.logits[0, -1]
 
     def _prefill_fresh(self, work: list[StepInput]) -> torch.Tensor:
@@ -244,59 +242,48 @@ class HFRunner:
         )
         for row, item in enumerate(work):
             keep = slice(longest - len(item.tokens), None)
-            self._cache[item.seq_id] = [
-                (lay.keys[row : row + 1, :, keep], lay.values[row : row + 1, :, keep])
-                for lay in out.cache.layers
-            ]
+            self._slots.put(
+                item.seq_id,
+                [
+                    (lay.keys[row : row + 1, :, keep], lay.values[row : row + 1, :, keep])
+                    for lay in out.cache.layers
+                ],
+            )
         return out.logits[:, -1]
 
     def _decode(self, work: list[StepInput]) -> torch.Tensor:
-        ids = tuple(item.seq_id for item in work)
-        live = self._live
-        if live is not None and live.ids == ids:
-            # The same sequences as last step: keep decoding into last step's batch cache.
-            cache, offsets = live.cache, live.offsets
-            mask = torch.cat([live.mask, torch.ones((len(ids), 1), dtype=torch.long)], dim=1)
-        else:
-            self._split_live()
-            cache, mask, offsets = self._gather(work)
+        """One token for every decoding sequence, written in place into its slot's row.
+
+        The pass covers every occupied slot (rows 0..n-1, a plain view of the buffers);
+        a row whose sequence is between prompt chunks is fed a placeholder token whose key
+        lands past its cached length, where its next chunk overwrites it.
+        """
+        slots = self._slots
+        lengths = torch.tensor(slots.lengths)
+        width = int(lengths.max()) + 1
+        slots.reserve(len(slots.lengths), width)
+        tokens = torch.zeros((len(lengths), 1), dtype=torch.long)
+        rows = [slots.row[item.seq_id] for item in work]
+        tokens[rows, 0] = torch.tensor([item.tokens[0] for item in work])
+        visible = (torch.arange(width) <= lengths[:, None])[:, None, None, :]
+        device = self.model.device
         out = self._forward(
-            input_ids=torch.tensor([item.tokens for item in work]),
-            attention_mask=mask,
-            position_ids=torch.tensor([[item.start] for item in work]),
-            cache=cache,
+            input_ids=tokens,
+            attention_mask=self._attention_mask(visible),
+            position_ids=lengths[:, None],
+            cache=slots.decode_cache(lengths.to(device), width),
         )
-        self._live = _LiveBatch(ids, set(ids), out.cache, mask, offsets)
-        return out.logits[:, -1]
+        for row in rows:
+            slots.lengths[row] += 1
+        return out.logits[rows, -1]
 
-    def _gather(self, work: list[StepInput]) -> tuple[Any, torch.Tensor, list[int]]:
-        """Left-pad each sequence's cache to the longest and stack them into one batch."""
-        lengths = [item.start for item in work]
-        longest = max(lengths)
-        per_seq = [self._cache.pop(item.seq_id) for item in work]
-        past = []
-        for layer in range(len(per_seq[0])):
-            keys = [_left_pad(kv[layer][0], longest) for kv in per_seq]
-            values = [_left_pad(kv[layer][1], longest) for kv in per_seq]
-            past.append((torch.cat(keys), torch.cat(values)))
-        mask = torch.zeros((len(work), longest + 1), dtype=torch.long)
-        offsets = [longest - length for length in lengths]
-        for row, offset in enumerate(offsets):
-            mask[row, offset:] = 1
-        return _growing_cache(past), mask, offsets
-
-    def _split_live(self) -> None:
-        """Hand the rows of last step's batch cache back to their sequences."""
-        live, self._live = self._live, None
-        if live is None:
-            return
-        for row, seq_id in enumerate(live.ids):
-            if seq_id in live.alive:
-                keep = slice(live.offsets[row], None)
-                self._cache[seq_id] = [
-                    (lay.keys[row : row + 1, :, keep], lay.values[row : row + 1, :, keep])
-                    for lay in live.cache.layers
-                ]
+    def _attention_mask(self, visible: torch.Tensor) -> torch.Tensor:
+        """A 4-D mask in the form the model's attention takes (boolean, or additive)."""
+        if self.model.config._attn_implementation != "eager":
+            return visible
+        dtype = next(self.model.parameters()).dtype
+        blocked = torch.full(visible.shape, torch.finfo(dtype).min, dtype=dtype)
+        return blocked.masked_fill(visible, 0.0)
 
     def _forward(self, cache: Any, **inputs: Any) -> _StepOutput:
         device = self.model.device
@@ -306,9 +293,8 @@ class HFRunner:
         return _StepOutput(out.logits, returned)
 
     def release(self, seq_id: str) -> None:
-        self._cache.pop(seq_id, None)
-        if self._live is not None:
-            self._live.alive.discard(seq_id)
+        with torch.inference_mode():  # the buffers are inference tensors
+            self._slots.drop(seq_id)
 
 
 @dataclass(frozen=True)
@@ -317,15 +303,129 @@ class _StepOutput:
     cache: Any  # a transformers Cache; its layers hold ``keys``/``values`` [B, H, L, D]
 
 
-@dataclass(frozen=True)
-class _LiveBatch:
-    """Last decode step's batch cache, reused while the same sequences keep decoding."""
+class _Slots:
+    """Every cached sequence's keys and values: one row (slot) each of per-layer buffers.
 
-    ids: tuple[str, ...]
-    alive: set[str]
-    cache: Any
-    mask: torch.Tensor
-    offsets: list[int]
+    Buffers are [rows, heads, columns, head_dim]; a sequence's token at position p sits in
+    column p of its row. Occupied rows are always 0..n-1: a leaving sequence's row is
+    refilled by the last row's, so a decode pass reads one view of the buffers and joining
+    or leaving copies one sequence's cache, never the batch's. Rows and columns grow by
+    doubling (columns up to the model's context).
+    """
+
+    def __init__(self, context: int) -> None:
+        self.context = context
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.ids: list[str] = []
+        self.lengths: list[int] = []
+        self.row: dict[str, int] = {}
+
+    def __contains__(self, seq_id: object) -> bool:
+        return seq_id in self.row
+
+    def put(self, seq_id: str, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Store a sequence's whole cache (layers of [1, heads, length, head_dim])."""
+        length = layers[0][0].shape[2]
+        if not self.keys:
+            self.keys = [k.new_zeros(_buffer_shape(k, 1, length)) for k, _ in layers]
+            self.values = [v.new_zeros(_buffer_shape(v, 1, length)) for _, v in layers]
+        row = self.row.get(seq_id)
+        if row is None:
+            row = self.row[seq_id] = len(self.ids)
+            self.ids.append(seq_id)
+            self.lengths.append(0)
+        self.reserve(row + 1, length)
+        for buffer, (keys, _) in zip(self.keys, layers, strict=True):
+            buffer[row, :, :length] = keys[0]
+        for buffer, (_, values) in zip(self.values, layers, strict=True):
+            buffer[row, :, :length] = values[0]
+        self.lengths[row] = length
+
+    def cached(self, seq_id: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Views of a sequence's cache, [1, heads, length, head_dim] per layer."""
+        row, length = self.row[seq_id], self.lengths[self.row[seq_id]]
+        return [
+            (k[row : row + 1, :, :length], v[row : row + 1, :, :length])
+            for k, v in zip(self.keys, self.values, strict=True)
+        ]
+
+    def drop(self, seq_id: str) -> None:
+        row = self.row.pop(seq_id, None)
+        if row is None:
+            return
+        last = len(self.ids) - 1
+        if row != last:
+            moved, length = self.ids[last], self.lengths[last]
+            for buffer in (*self.keys, *self.values):
+                buffer[row, :, :length] = buffer[last, :, :length]
+            self.ids[row], self.lengths[row] = moved, length
+            self.row[moved] = row
+        self.ids.pop()
+        self.lengths.pop()
+
+    def reserve(self, rows: int, columns: int) -> None:
+        """Grow the buffers (keeping their contents) to at least ``rows`` x ``columns``."""
+        held_rows, held_columns = self.keys[0].shape[0], self.keys[0].shape[2]
+        if rows <= held_rows and columns <= held_columns:
+            return
+        new_rows = max(rows, 2 * held_rows) if rows > held_rows else held_rows
+        new_columns = held_columns
+        if columns > held_columns:
+            new_columns = max(columns, min(2 * held_columns, self.context))
+        self.keys = [_regrown(b, new_rows, new_columns) for b in self.keys]
+        self.values = [_regrown(b, new_rows, new_columns) for b in self.values]
+
+    def decode_cache(self, lengths: torch.Tensor, width: int) -> Any:
+        """A transformers cache whose layers write row r's new key at column lengths[r]."""
+        from transformers import DynamicCache
+
+        layer_class = _slot_layer_class()
+        cache = DynamicCache()
+        cache.layers = [
+            layer_class(keys, values, lengths, width)
+            for keys, values in zip(self.keys, self.values, strict=True)
+        ]
+        return cache
+
+
+def _buffer_shape(like: torch.Tensor, rows: int, columns: int) -> tuple[int, ...]:
+    return (max(rows, 8), like.shape[1], max(columns, 64), like.shape[3])
+
+
+def _regrown(buffer: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
+    grown = buffer.new_zeros((rows, buffer.shape[1], columns, buffer.shape[3]))
+    grown[: buffer.shape[0], :, : buffer.shape[2]] = buffer
+    return grown
+
+
+@functools.cache
+def _slot_layer_class() -> type:
+    from transformers.cache_utils import DynamicLayer
+
+    class SlotLayer(DynamicLayer):  # type: ignore[misc]
+        """One layer of a decode pass over slot buffers: writes in place, returns views."""
+
+        def __init__(
+            self, keys: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor, width: int
+        ) -> None:
+            super().__init__()
+            rows = lengths.shape[0]
+            self._targets = (torch.arange(rows, device=lengths.device), lengths)
+            self._keys_buffer, self._values_buffer = keys, values
+            self.keys, self.values = keys[:rows, :, :width], values[:rows, :, :width]
+            self.device = keys.device
+            self.is_initialized = True
+
+        def update(
+            self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            rows, columns = self._targets
+            self._keys_buffer[rows, :, columns] = key_states[:, :, 0]
+            self._values_buffer[rows, :, columns] = value_states[:, :, 0]
+            return self.keys, self.values
+
+    return SlotLayer
 
 
 def _growing_cache(past: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> Any:
@@ -378,14 +478,6 @@ def _grown(old: torch.Tensor, new: torch.Tensor, held: int, end: int) -> torch.T
     if held:
         buffer[..., :held, :] = old
     return buffer
-
-
-def _left_pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
-    missing = length - tensor.shape[2]
-    if missing == 0:
-        return tensor
-    pad = tensor.new_zeros((*tensor.shape[:2], missing, tensor.shape[3]))
-    return torch.cat([pad, tensor], dim=2)
 
 
 def check_prompt(runner: LMRunner, prompt_tokens: int, max_tokens: int) -> None:
