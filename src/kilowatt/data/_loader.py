@@ -183,8 +183,13 @@ class _WorkerReader:
         self.cache = _make_cache(self.options, self.version)
         self.cache.set_plan(AccessPlan([(t, sha) for t, sha, _ in self.plan_times]))
         self.my_times = [t for t, _, w in self.plan_times if w == (stream.epoch, worker)]
-        self.pool = ThreadPoolExecutor(max(1, self.options.prefetch_shards), "kilowatt-prefetch")
+        self.pool = ThreadPoolExecutor(
+            self.options.shuffle_window + self.options.prefetch_shards, "kilowatt-prefetch"
+        )
         self.pending: dict[int, Future[bytes]] = {}
+        # One filesystem (and S3 client) for the prefetch threads: made here, before they
+        # start, so they do not each build one; fsspec keeps it for this process.
+        self.version.storage.filesystem(self.version.url)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -214,13 +219,14 @@ class _WorkerReader:
             yield self.worker, consumed, dataclasses.asdict(self.cache.stats), last
 
     def _window_columns(self, index: int, count: int) -> dict[str, Any]:
-        tables = [self._shard_table(index + k) for k in range(count)]
-        for ahead in range(index + count, index + count + self.options.prefetch_shards):
+        # Every shard of the window and the next ``prefetch_shards`` are in flight before
+        # waiting on the first, so a window's fetches overlap rather than queue.
+        for ahead in range(index, index + count + self.options.prefetch_shards):
             self._submit(ahead)
+        tables = [self._shard_table(index + k) for k in range(count)]
         return _columns(pa.concat_tables(tables))
 
     def _shard_table(self, index: int) -> pa.Table:
-        self._submit(index)
         data = self.pending.pop(index).result()
         return decode_shard(
             data, self.version.shard_url(self.version.manifest.shards[self.mine[index]])
