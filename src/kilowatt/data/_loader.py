@@ -16,6 +16,7 @@ state is exactly what the consumer has seen, not what workers have read ahead.
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -124,6 +125,22 @@ class ShardStream(IterableDataset[tuple[int, int, dict[str, Any], Any]]):
         self, version: DataSetVersion, options: LoaderOptions, epoch: int, start: dict[int, int]
     ) -> None:
         self.version, self.options, self.epoch, self.start = version, options, epoch, start
+        # Set by ``share``: the epoch and starts in shared memory, for persistent workers.
+        self._shared: Any = None
+
+    def share(self, context: Any) -> None:
+        """Keep the epoch and starts in shared memory made with multiprocessing ``context``,
+        so workers that outlive an epoch read each new one's (see ``retarget``)."""
+        self._shared = context.Array("q", 1 + max(1, self.options.num_workers), lock=False)
+        self.retarget(self.epoch, self.start)
+
+    def retarget(self, epoch: int, start: dict[int, int]) -> None:
+        """Read ``epoch`` from ``start`` on the next iteration, in this and shared copies."""
+        self.epoch, self.start = epoch, dict(start)
+        if self._shared is not None:
+            self._shared[0] = epoch
+            for worker in range(1, len(self._shared)):
+                self._shared[worker] = start.get(worker - 1, 0)
 
     def order(self) -> Order:
         o = self.options
@@ -145,6 +162,9 @@ class ShardStream(IterableDataset[tuple[int, int, dict[str, Any], Any]]):
     def __iter__(self) -> Iterator[tuple[int, int, dict[str, Any], Any]]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
+        if self._shared is not None:  # a persistent worker: the main process set the epoch
+            self.epoch = int(self._shared[0])
+            self.start = {w: int(n) for w, n in enumerate(self._shared[1:])}
         reader = _WorkerReader(self, worker)
         try:
             yield from reader.batches(self.start.get(worker, 0))
@@ -164,8 +184,13 @@ class _WorkerReader:
         self.cache = _make_cache(self.options, self.version)
         self.cache.set_plan(AccessPlan([(t, sha) for t, sha, _ in self.plan_times]))
         self.my_times = [t for t, _, w in self.plan_times if w == (stream.epoch, worker)]
-        self.pool = ThreadPoolExecutor(max(1, self.options.prefetch_shards), "kilowatt-prefetch")
+        self.pool = ThreadPoolExecutor(
+            self.options.shuffle_window + self.options.prefetch_shards, "kilowatt-prefetch"
+        )
         self.pending: dict[int, Future[bytes]] = {}
+        # One filesystem (and S3 client) for the prefetch threads: made here, before they
+        # start, so they do not each build one; fsspec keeps it for this process.
+        self.version.storage.filesystem(self.version.url)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -195,13 +220,14 @@ class _WorkerReader:
             yield self.worker, consumed, dataclasses.asdict(self.cache.stats), last
 
     def _window_columns(self, index: int, count: int) -> dict[str, Any]:
-        tables = [self._shard_table(index + k) for k in range(count)]
-        for ahead in range(index + count, index + count + self.options.prefetch_shards):
+        # Every shard of the window and the next ``prefetch_shards`` are in flight before
+        # waiting on the first, so a window's fetches overlap rather than queue.
+        for ahead in range(index, index + count + self.options.prefetch_shards):
             self._submit(ahead)
+        tables = [self._shard_table(index + k) for k in range(count)]
         return table_to_arrays(pa.concat_tables(tables))
 
     def _shard_table(self, index: int) -> pa.Table:
-        self._submit(index)
         data = self.pending.pop(index).result()
         return decode_shard(
             data, self.version.shard_url(self.version.manifest.shards[self.mine[index]])
@@ -311,6 +337,8 @@ class Loader:
         self._positions: dict[int, int] = {}
         self._worker_stats: dict[int, CacheStats] = {}
         self.stats = LoaderStats()
+        self._dataloader: DataLoader[Any] | None = None
+        self._stream: ShardStream
 
     def for_rank(self, batch_size: int, rank: int, world_size: int, seed: int) -> Loader:
         """A copy reading ``rank``'s share in batches of ``batch_size`` (for the Trainer);
@@ -351,16 +379,12 @@ class Loader:
         self._positions = {int(k): int(v) for k, v in state["positions"].items()}
 
     def __iter__(self) -> Iterator[Any]:
-        stream = ShardStream(self.version, self.options, self.epoch, dict(self._positions))
-        workers = self.options.num_workers
-        items: Any = stream
-        if workers > 0:
-            items = DataLoader(
-                stream,
-                batch_size=None,
-                num_workers=workers,
-                multiprocessing_context="fork" if os.name == "posix" else None,
-            )
+        items: Any
+        if self.options.num_workers > 0:
+            items = self._workers()
+            self._stream.retarget(self.epoch, self._positions)
+        else:
+            items = ShardStream(self.version, self.options, self.epoch, dict(self._positions))
         iterator = iter(items)
         while True:
             started_s = time.perf_counter()
@@ -376,6 +400,22 @@ class Loader:
             self.stats.samples += _batch_len(batch)
             yield batch if self.options.pair is None else _pair(batch, self.options.pair)
         self.epoch, self._positions = self.epoch + 1, {}
+
+    def _workers(self) -> DataLoader[Any]:
+        """The DataLoader whose worker processes (and their S3 clients, connection pools
+        and imports) persist across epochs; made on first use, ended with this loader."""
+        if self._dataloader is None:
+            context = multiprocessing.get_context("fork" if os.name == "posix" else None)
+            self._stream = ShardStream(self.version, self.options, self.epoch, {})
+            self._stream.share(context)
+            self._dataloader = DataLoader(
+                self._stream,
+                batch_size=None,
+                num_workers=self.options.num_workers,
+                multiprocessing_context=context,
+                persistent_workers=True,
+            )
+        return self._dataloader
 
     def _sum_stats(self) -> None:
         total = CacheStats()

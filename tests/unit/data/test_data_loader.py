@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +155,19 @@ def test_trainer_exports_the_loaders_figures_as_prometheus_metrics(
     assert registry.get_sample_value("kilowatt_train_data_wait_s") == pytest.approx(
         loader.stats.wait_s
     )
+
+
+def _with_worker_pid(sample: dict[str, Any]) -> dict[str, Any]:
+    return {**sample, "pid": os.getpid()}
+
+
+def test_workers_persist_across_epochs_and_read_each_epochs_order(toy: DataSetVersion) -> None:
+    loader = Loader(toy, batch_size=16, num_workers=2, map=_with_worker_pid)
+    first = list(loader)
+    second = list(loader)
+    pids = {int(p) for batch in first + second for p in batch["pid"]}
+    assert len(pids) == 2 and os.getpid() not in pids  # the same two workers both epochs
+    fresh = Loader(toy, batch_size=16, num_workers=2, map=_with_worker_pid)
+    fresh.set_epoch(1)
+    assert _ids(second) == _ids(fresh) and _ids(second) != _ids(first)
+    assert sorted(_ids(second)) == list(range(ROWS))
