@@ -21,7 +21,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
 
 test: lint
-	$(BIN)/python -m pytest
+	# two workers: most tests wait on servers and subprocesses, so two run side by side
+	$(BIN)/python -m pytest -n 2
 
 bench: $(STAMP)
 	for script in bench/*.py; do $(BIN)/python $$script || exit 1; done

@@ -25,6 +25,7 @@ def test_a_serving_measurement_outranks_the_training_one_for_serving() -> None:
     trained = Calibration().with_measurement("cpu", "transformer", 0.5)
     served = trained.with_measurement("cpu", serving_class("transformer"), 0.005)
     by_training, by_serving = _option(trained), _option(served)
-    # a hundred times less of the peak measured while serving: prefill is that much slower
-    assert by_serving.prefill_s > 50 * by_training.prefill_s
+    # a hundred times less of the peak measured while serving: prefill turns compute-bound
+    # and far slower (not the full 100x: at the training figure it was bound by memory reads)
+    assert by_serving.prefill_s > 20 * by_training.prefill_s
     assert _option(Calibration()).prefill_s < by_serving.prefill_s
