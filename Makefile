@@ -20,8 +20,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
+# Two workers: most tests wait on servers and subprocesses, so two run side by side.
 test: lint
-	# two workers: most tests wait on servers and subprocesses, so two run side by side
 	$(BIN)/python -m pytest -n 2
 
 bench: $(STAMP)

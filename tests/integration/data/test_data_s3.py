@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,20 @@ def test_two_processes_through_one_cache_download_each_shard_once(
     assert sum(fetches for _, fetches in results) == len(remote.manifest.shards)
 
 
+def _disk_bytes(cache: Path) -> int:
+    """Bytes in the disk tier, read under the cache's eviction lock: prefetch threads evict
+    and write concurrently, so a listing taken without it can count a shard just evicted
+    beside the one that replaced it."""
+    locks = cache / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / "evict.lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            return sum(p.stat().st_size for p in cache.glob("??/*") if ".tmp-" not in p.name)
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def test_half_the_data_cached_fetches_about_the_other_half_each_later_epoch(
     remote: DataSetVersion, tmp_path: Path
 ) -> None:
@@ -115,8 +130,7 @@ def test_half_the_data_cached_fetches_about_the_other_half_each_later_epoch(
     for _ in range(3):
         before = loader.stats.cache.remote_bytes
         for _batch in loader:
-            used = sum(p.stat().st_size for p in (tmp_path / "cache").glob("??/*"))
-            peak = max(peak, used)
+            peak = max(peak, _disk_bytes(tmp_path / "cache"))
         remote_bytes.append(loader.stats.cache.remote_bytes - before)
     assert remote_bytes[0] == total
     optimum = total - cache_bytes
