@@ -22,6 +22,7 @@ their HTTP counterparts (OK 200, INVALID_ARGUMENT 400, NOT_FOUND 404, RESOURCE_E
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from collections.abc import Callable
@@ -48,6 +49,7 @@ SCENARIOS = ("single-stream", "server", "offline", "sweep", "all")
 _SCHEMES = ("http", "https", "grpc", "grpcs")
 _MAX_OPEN_LOOP_CONNECTIONS = 1024
 _DRAIN_GRACE_S = 10.0
+_CLOSE_GRACE_S = 5.0  # for connections to finish closing (TLS close_notify) at the end
 
 
 @dataclass(frozen=True)
@@ -201,7 +203,21 @@ class _Connection:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+            # A TLS close exchanges close_notify with the server: finish it inside this loop,
+            # or the loop closes under a transport still shutting down.
+            _track_closing(_wait_closed(self._writer))
         self._reader = self._writer = None
+
+
+async def _wait_closed(writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError, ssl.SSLError):  # the server may have gone first
+        await writer.wait_closed()
+
+
+def _track_closing(closing: Any) -> None:
+    task = asyncio.ensure_future(closing)
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
 
 
 class _GrpcConnection:
@@ -233,9 +249,7 @@ class _GrpcConnection:
 
     def close(self) -> None:
         # close() is a coroutine; a channel left unawaited is closed when its loop ends.
-        task = asyncio.ensure_future(self._channel.close())
-        _closing.add(task)
-        task.add_done_callback(_closing.discard)
+        _track_closing(self._channel.close())
 
 
 _MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -391,8 +405,8 @@ async def _run_all(spec: LoadSpec) -> list[ScenarioResult]:
     try:
         return await _run_wanted(spec)
     finally:
-        if _closing:  # let gRPC channels finish closing inside this loop
-            await asyncio.gather(*_closing, return_exceptions=True)
+        if _closing:  # let connections and gRPC channels finish closing inside this loop
+            await asyncio.wait(set(_closing), timeout=_CLOSE_GRACE_S)
 
 
 async def _run_wanted(spec: LoadSpec) -> list[ScenarioResult]:
