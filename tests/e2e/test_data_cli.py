@@ -24,25 +24,17 @@ def _npz(path: Path, shift: float = 0.0, seed: int = 0) -> Path:
     return path
 
 
+def _create_reg_v1(tmp_path: Path) -> int:
+    """``kilowatt data create`` of the test arrays as ``reg:v1`` in small shards."""
+    source = str(_npz(tmp_path / "a.npz"))
+    args = ["--name", "reg", "--version", "v1", "--shard-mb", "0.004"]
+    return main(["data", "create", source, *args])
+
+
 def test_create_list_show_verify_diff_delete(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert (
-        main(
-            [
-                "data",
-                "create",
-                str(_npz(tmp_path / "a.npz")),
-                "--name",
-                "reg",
-                "--version",
-                "v1",
-                "--shard-mb",
-                "0.004",
-            ]
-        )
-        == 0
-    )
+    assert _create_reg_v1(tmp_path) == 0
     out = capsys.readouterr().out
     assert f"data set reg:v1: {ROWS} rows" in out
     with open_store(Settings.from_env()) as store:
@@ -112,22 +104,7 @@ def test_train_reads_a_data_set_and_records_the_lineage_edge(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(Path(__file__).resolve().parents[2])  # examples.* importable
-    assert (
-        main(
-            [
-                "data",
-                "create",
-                str(_npz(tmp_path / "a.npz")),
-                "--name",
-                "reg",
-                "--version",
-                "v1",
-                "--shard-mb",
-                "0.004",
-            ]
-        )
-        == 0
-    )
+    assert _create_reg_v1(tmp_path) == 0
     spec = tmp_path / "train.yaml"
     spec.write_text(
         "name: reg-from-data\n"
