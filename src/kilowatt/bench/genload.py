@@ -164,6 +164,8 @@ async def _streamed(client: Any, body: dict[str, Any], sent: float, outcome: _Ou
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             doc = json.loads(line[6:])
+            if doc.get("error"):  # the server ended the stream with an error event
+                raise RuntimeError(doc["error"].get("message", "error event"))
             if doc.get("usage"):
                 outcome.completion_tokens = int(doc["usage"]["completion_tokens"])
             if doc["choices"] and doc["choices"][0].get("text"):

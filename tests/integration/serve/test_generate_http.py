@@ -6,6 +6,7 @@ import itertools
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -13,6 +14,7 @@ import openai
 import pytest
 import torch
 import uvicorn
+from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -23,6 +25,8 @@ from kilowatt.serve.generate import (
     GenerationEngine,
     build_generate_app,
 )
+from kilowatt.serve.generate.lm import load_runner
+from kilowatt.serve.generate.openai_routes import create_generate_app
 from kilowatt.serve.generate.tinygpt import ByteTokenizer, TinyGPT, TinyGPTConfig, save_tiny_gpt
 
 JOULES_PER_STEP = 0.5
@@ -42,15 +46,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_gpt(TinyGPT(TinyGPTConfig(context=128)), tmp_path_factory.mktemp("tiny"))
 
 
-@pytest.fixture
-def server(model_dir: Path) -> Iterator[tuple[str, GenerationEngine]]:
-    """The app on 127.0.0.1:<free port>, with a meter that counts 0.5 J per engine step."""
-    counter = itertools.count(0.0, JOULES_PER_STEP)  # read once at the start and end of a step
-    meter = EnergyMeter([CounterReader(lambda: next(counter))])
-    metrics = GenerateMetrics(CollectorRegistry())
-    config = EngineConfig(num_blocks=64, block_size=8)
-    app, engine = build_generate_app(model_dir, config=config, name="tiny", meter=meter,
-                                     metrics=metrics)  # fmt: skip
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """``app`` on 127.0.0.1:<free port>; yields its URL."""
     web = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=web.run, daemon=True)
     thread.start()
@@ -60,11 +58,25 @@ def server(model_dir: Path) -> Iterator[tuple[str, GenerationEngine]]:
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the test server did not start")
             time.sleep(0.01)
-        port = web.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}", engine
+        yield f"http://127.0.0.1:{web.servers[0].sockets[0].getsockname()[1]}"
     finally:
         web.should_exit = True
         thread.join(30)
+
+
+@pytest.fixture
+def server(model_dir: Path) -> Iterator[tuple[str, GenerationEngine]]:
+    """The app, with a meter that counts 0.5 J per engine step."""
+    counter = itertools.count(0.0, JOULES_PER_STEP)  # read once at the start and end of a step
+    meter = EnergyMeter([CounterReader(lambda: next(counter))])
+    metrics = GenerateMetrics(CollectorRegistry())
+    config = EngineConfig(num_blocks=64, block_size=8)
+    app, engine = build_generate_app(model_dir, config=config, name="tiny", meter=meter,
+                                     metrics=metrics)  # fmt: skip
+    try:
+        with serving(app) as url:
+            yield url, engine
+    finally:
         engine.close()
 
 
@@ -177,3 +189,57 @@ def test_generative_load_reports_tokens_and_latency_quantiles(
     assert result.output_tokens_per_s == pytest.approx(asked / result.duration_s)
     assert 0 < result.ttft_p50_s <= result.ttft_p99_s
     assert result.inter_token_p50_s is not None
+
+
+class FedTokensClock:
+    """Engine time that stands still until the engine has fed ``jump_at`` tokens, then
+    jumps 1000 s: a deadline passes at a known token, whatever the machine's speed."""
+
+    def __init__(self) -> None:
+        self.engine: GenerationEngine | None = None
+        self.base_s = 0.0
+        self.jump_at = 0
+
+    def __call__(self) -> float:
+        assert self.engine is not None
+        return self.base_s + (1000.0 if self.engine.tokens_fed >= self.jump_at else 0.0)
+
+    def jump_after(self, tokens: int) -> None:
+        assert self.engine is not None
+        self.base_s += 2000.0
+        self.jump_at = self.engine.tokens_fed + tokens
+
+
+def test_a_deadline_bounds_the_whole_generation(model_dir: Path) -> None:
+    clock = FedTokensClock()
+    metrics = GenerateMetrics(CollectorRegistry())
+    config = EngineConfig(num_blocks=64, block_size=8)
+    runner = load_runner(model_dir, num_blocks=64, block_size=8, name="tiny")
+    engine = GenerationEngine(runner, config, on_finish=metrics.observer("tiny"), clock=clock)
+    clock.engine = engine
+    engine.start()
+    ask = {"model": "tiny", "prompt": "The grid", "max_tokens": 100, "temperature": 0,
+           "extra_headers": {"kilowatt-deadline-ms": "60000"}}  # fmt: skip
+    try:
+        with serving(create_generate_app(engine, metrics)) as url:
+            clock.jump_after(8 + 3)  # the 8-token prompt and three decode steps: 4 tokens
+            texts = []
+            with pytest.raises(openai.APIError, match="passed its deadline after 4 of 100"):
+                for chunk in client(url).completions.create(**ask, stream=True):
+                    texts.append(chunk.choices[0].text)
+            clock.jump_after(8 + 3)
+            with pytest.raises(openai.APIStatusError, match="deadline after 4 of 100") as whole:
+                client(url).completions.create(**ask)
+            scrape = httpx.get(f"{url}/metrics").text
+    finally:
+        engine.close()
+    assert whole.value.status_code == 504
+    assert "".join(texts)  # the stream sent the text made before the deadline
+    assert engine.blocks.free_blocks == engine.blocks.num_blocks
+    reasons = {
+        s.labels["finish_reason"]: s.value
+        for family in text_string_to_metric_families(scrape)
+        for s in family.samples
+        if s.name == "kilowatt_generate_requests_total"
+    }
+    assert reasons == {"timeout": 2.0}

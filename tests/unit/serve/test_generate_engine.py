@@ -11,13 +11,14 @@ from typing import Any
 import pytest
 import torch
 
-from kilowatt.serve.errors import DeadlineUnmeetable, InvalidInput
+from kilowatt.serve.errors import DeadlineUnmeetable, InvalidInput, RequestTimeout
 from kilowatt.serve.generate.blocks import BlockManager
 from kilowatt.serve.generate.engine import (
     EngineConfig,
     Finished,
     GenerationEngine,
     GenerationReport,
+    TokenDelta,
 )
 from kilowatt.serve.generate.hfbuild import build_gpt2_folder
 from kilowatt.serve.generate.lm import HFRunner, PagedRunner, StepInput, load_runner
@@ -109,36 +110,35 @@ def test_mixed_batch_equals_generate_for_a_transformers_model(gpt2_folder: Path)
         assert list(result.token_ids) == hf_reference(runner, prompt, n)
 
 
-def test_transformers_slots_survive_joins_and_leaves(gpt2_folder: Path) -> None:
-    # Few blocks make preemption likely (a sequence's slot is dropped and rebuilt; whether it
-    # happens depends on when the late requests land); answers of different lengths leave at
-    # different steps (the last slot moves into the hole) and a late request joins a running
-    # batch: every answer still equals model.generate.
+def test_transformers_slots_survive_joins_leaves_and_preemption(gpt2_folder: Path) -> None:
+    # The engine is driven step by step (no scheduler thread), so what happens is fixed:
+    # three requests run four steps, then two more arrive and 9 blocks of 8 slots cannot
+    # hold all five, so the newest are preempted (their slots dropped and rebuilt by
+    # recomputation); answers of different lengths leave at different steps (the last slot
+    # moves into the hole). Every answer still equals model.generate.
     runner = load_runner(gpt2_folder, num_blocks=9, block_size=8)
     assert isinstance(runner, HFRunner)
     engine = GenerationEngine(
         runner, EngineConfig(num_blocks=9, block_size=8, prefill_tokens_per_step=8)
     )
-    engine.start()
     prompts, lengths = [*PROMPTS, "Power"], [*LENGTHS, 9]
 
     async def scenario() -> list[Finished]:
         early = [await engine.submit(prompts[i], greedy(lengths[i])) for i in range(3)]
-        tokens = early[2].__aiter__()
-        for _ in range(4):  # the batch is decoding when the others arrive
-            await anext(tokens)
+        for _ in range(4):
+            assert engine.run_step()
+        assert engine.running == 3  # decoding when the others arrive
         late = [await engine.submit(prompts[i], greedy(lengths[i])) for i in range(3, 5)]
-        rest = [item async for item in tokens]
-        done = await asyncio.gather(*(s.collect() for s in [*early[:2], *late]))
-        return [*done[:2], rest[-1], *done[2:]]
+        while engine.run_step():
+            pass
+        return list(await asyncio.gather(*(s.collect() for s in [*early, *late])))
 
-    try:
-        results = asyncio.run(scenario())
-    finally:
-        engine.close()
+    results = asyncio.run(scenario())
     for prompt, n, result in zip(prompts, lengths, results, strict=True):
         assert list(result.token_ids) == hf_reference(runner, prompt, n)
+    assert sum(r.report.preemptions for r in results) >= 1
     assert not runner._slots.ids  # every slot was given back
+    assert engine.blocks.free_blocks == engine.blocks.num_blocks
 
 
 def test_transformers_logits_match_a_full_pass_after_a_sequence_leaves(
@@ -281,4 +281,68 @@ def test_a_prompt_longer_than_the_context_is_refused(tiny: TinyGPT) -> None:
             asyncio.run(engine.submit("hi", greedy(4), deadline_s=time.monotonic() - 1))
     finally:
         engine.close()
+    assert engine.blocks.free_blocks == engine.blocks.num_blocks
+
+
+class FakeClock:
+    """Monotonic seconds that move only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now_s = 0.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def test_a_deadline_stops_a_generation_under_way_and_frees_its_blocks(tiny: TinyGPT) -> None:
+    clock = FakeClock()
+    reports: list[GenerationReport] = []
+    config = EngineConfig(num_blocks=64, block_size=8, prefill_tokens_per_step=16)
+    runner = PagedRunner(tiny, config.num_blocks, config.block_size, "tiny")
+    engine = GenerationEngine(runner, config, on_finish=reports.append, clock=clock)
+
+    async def scenario() -> tuple[list[Any], BaseException | None]:
+        stream = await engine.submit(PROMPTS[0], greedy(100), deadline_s=10.0)
+        other = await engine.submit(PROMPTS[2], greedy(6), deadline_s=None)
+        for _ in range(4):  # the prompt, then three decode steps: four tokens
+            engine.run_step()
+        clock.now_s = 10.5  # the deadline passes mid-generation
+        while engine.run_step():  # the request without a deadline runs to its end
+            pass
+        assert (await other.collect()).finish_reason == "length"
+        got: list[Any] = []
+        try:
+            async for item in stream:
+                got.append(item)
+        except RequestTimeout as exc:
+            return got, exc
+        return got, None
+
+    got, error = asyncio.run(scenario())
+    assert isinstance(error, RequestTimeout)
+    assert "passed its deadline after 4 of 100 tokens" in str(error)
+    assert [type(item) for item in got] == [TokenDelta] * 4  # the tokens before it, no Finished
+    timed_out = reports[0]
+    assert (timed_out.finish_reason, timed_out.completion_tokens) == ("timeout", 4)
+    assert [r.finish_reason for r in reports[1:]] == ["length"]
+    assert engine.blocks.free_blocks == engine.blocks.num_blocks
+
+
+def test_a_deadline_that_passes_in_the_queue_stops_the_request_before_it_starts(
+    tiny: TinyGPT,
+) -> None:
+    clock = FakeClock()
+    engine = GenerationEngine(
+        PagedRunner(tiny, 64, 8, "tiny"), EngineConfig(num_blocks=64, block_size=8), clock=clock
+    )
+
+    async def scenario() -> None:
+        stream = await engine.submit(PROMPTS[0], greedy(5), deadline_s=1.0)
+        clock.now_s = 2.0
+        assert engine.run_step()
+        with pytest.raises(RequestTimeout, match="before it started"):
+            await stream.collect()
+
+    asyncio.run(scenario())
+    assert engine.steps == 0  # nothing reached the model
     assert engine.blocks.free_blocks == engine.blocks.num_blocks

@@ -14,9 +14,16 @@ blocks go back to the pool; a new one joins at the next step. A sequence's token
 list (prompt then output) with a count of those already in the cache, so a prompt chunk,
 a decode step and the recomputation of a preempted sequence are the same operation.
 
+A deadline bounds the whole generation, not only the wait to start: a request still
+queued or still generating when its deadline passes is stopped at the next step, its KV
+blocks are freed, and its stream raises ``RequestTimeout`` (HTTP 504; a stream that already
+sent tokens ends with an OpenAI-style error event). Its report has ``finish_reason``
+``"timeout"``.
+
 Use ``await engine.submit(...)`` from an event loop (``GenerationStream`` is an async
 iterator of ``TokenDelta`` ending with a ``Finished``), or ``engine.generate(...)`` from
-plain threads.
+plain threads. ``run_step()`` is one iteration of the scheduler; ``start()`` runs it on a
+thread, and a caller may instead drive it by hand.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import queue
 import threading
 import time
@@ -133,7 +141,7 @@ class _Sequence:
     params: SamplingParams
     deadline_s: float
     sink: Callable[[Any], None]
-    arrival_s: float = field(default_factory=time.monotonic)
+    arrival_s: float
     generator: torch.Generator | None = None
     computed: int = 0
     admitted_s: float | None = None
@@ -202,6 +210,7 @@ class GenerationEngine:
         meter: optional energy meter (``begin_window``/``end_window``); each step's joules
             are shared among its sequences by the tokens each fed.
         on_finish: called with every finished request's ``GenerationReport`` (any thread).
+        clock: monotonic seconds; deadlines passed to ``submit`` are on this clock.
 
     Example:
         >>> engine = GenerationEngine(load_runner("tiny", num_blocks=64, block_size=16))
@@ -216,8 +225,10 @@ class GenerationEngine:
         *,
         meter: Any = None,
         on_finish: Callable[[GenerationReport], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.runner = runner
+        self.clock = clock
         self.config = config or EngineConfig()
         self.blocks = BlockManager(self.config.num_blocks, self.config.block_size)
         self._meter = meter
@@ -234,11 +245,15 @@ class GenerationEngine:
         self.steps = 0
         self.busy_s = 0.0  # seconds spent in model steps
         self.tokens_fed = 0  # prompt and generated tokens that went through the model
+        # The prefill share of the above (prompt chunks and recomputation); a step's
+        # seconds are split between prefill and decode by the tokens each fed.
+        self.prefill_tokens_fed = 0
+        self.prefill_busy_s = 0.0
 
     # ---- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the scheduler thread."""
+        """Run the scheduler on a thread (``run_step`` in a loop)."""
         self._thread = threading.Thread(target=self._loop, name="generate", daemon=True)
         self._thread.start()
 
@@ -271,7 +286,10 @@ class GenerationEngine:
     async def submit(
         self, prompt: str | list[int], params: SamplingParams, deadline_s: float | None = None
     ) -> GenerationStream:
-        """Queue a request; returns its stream. Refuses at once what cannot be served."""
+        """Queue a request; returns its stream. Refuses at once what cannot be served.
+
+        ``deadline_s`` (on ``clock``) bounds the whole generation; None means no deadline.
+        """
         tokens = self.encode(prompt)
         loop = asyncio.get_running_loop()
         seq_id = f"seq-{next(self._ids)}"
@@ -289,10 +307,11 @@ class GenerationEngine:
     def generate(
         self, prompt: str | list[int], params: SamplingParams, timeout_s: float = 300.0
     ) -> Finished:
-        """Blocking variant of ``submit`` + ``collect`` for callers without an event loop."""
+        """Blocking variant of ``submit`` + ``collect`` for callers without an event loop;
+        ``timeout_s`` is the request's deadline."""
         results: queue.Queue[Any] = queue.Queue()
         seq_id = f"seq-{next(self._ids)}"
-        deadline_s = time.monotonic() + timeout_s
+        deadline_s = self.clock() + timeout_s
         self._enqueue(seq_id, self.encode(prompt), params, deadline_s, results.put)
         while True:
             item = results.get(timeout=timeout_s)
@@ -323,8 +342,8 @@ class GenerationEngine:
                 f"needs {needed} KV blocks but the pool has {self.blocks.num_blocks}; "
                 "lower max_tokens or start the server with more kv blocks"
             )
-        deadline_s = deadline_s if deadline_s is not None else time.monotonic() + 3600.0
-        sequence = _Sequence(seq_id, tokens, len(tokens), params, deadline_s, sink)
+        deadline_s = deadline_s if deadline_s is not None else math.inf
+        sequence = _Sequence(seq_id, tokens, len(tokens), params, deadline_s, sink, self.clock())
         sequence.generator = params.generator()
         with self._lock:
             self._admit(sequence)
@@ -341,7 +360,7 @@ class GenerationEngine:
                 retry_after_s=max(self._step_s, 0.05),
             )
         wait_s = self.estimated_wait_s()
-        left_s = sequence.deadline_s - time.monotonic()
+        left_s = sequence.deadline_s - self.clock()
         if wait_s > left_s:
             raise DeadlineUnmeetable(
                 f"model {self.runner.name!r} cannot start within the deadline "
@@ -355,6 +374,14 @@ class GenerationEngine:
             return None
         return 2.0 * self.runner.parameters * self.tokens_fed / self.busy_s
 
+    def achieved_prefill_flops(self) -> float | None:
+        """Model FLOP/s of prefill (prompt chunks, recomputation): 2 x parameters per
+        prefill token over the prefill share of the busy seconds (None before any prefill).
+        This rate is what time to first token rests on, apart from queueing."""
+        if self.prefill_busy_s <= 0:
+            return None
+        return 2.0 * self.runner.parameters * self.prefill_tokens_fed / self.prefill_busy_s
+
     def estimated_wait_s(self) -> float:
         """Time until a request arriving now gets its first step, from the queue's prompts."""
         queued = [*self._waiting, *self._incoming]
@@ -366,32 +393,53 @@ class GenerationEngine:
     def _loop(self) -> None:
         while True:
             with self._lock:
-                while not (self._incoming or self._aborts or self._waiting or self._running):
+                while not self._has_work():
                     if self._closed:
                         return
                     self._lock.wait()
-                self._waiting.extend(self._incoming)
-                self._incoming.clear()
-                aborts, self._aborts = self._aborts, set()
-            self._apply_aborts(aborts)
-            self._expire_waiting()
-            try:
-                self._step()
-            except Exception as exc:  # a model failure fails its batch, never the thread
-                _log.exception("generation step failed")
-                self._fail_all(exc)
+            self.run_step()
+
+    def _has_work(self) -> bool:
+        return bool(self._incoming or self._aborts or self._waiting or self._running)
+
+    def run_step(self) -> bool:
+        """One scheduler iteration: take new requests and aborts, stop overdue requests,
+        run one model step. Returns False when there was nothing to do."""
+        with self._lock:
+            if not self._has_work():
+                return False
+            self._waiting.extend(self._incoming)
+            self._incoming.clear()
+            aborts, self._aborts = self._aborts, set()
+        self._apply_aborts(aborts)
+        self._expire_overdue()
+        try:
+            self._step()
+        except Exception as exc:  # a model failure fails its batch, never the thread
+            _log.exception("generation step failed")
+            self._fail_all(exc)
+        return True
 
     def _apply_aborts(self, aborts: set[str]) -> None:
         for sequence in [*self._running, *self._waiting]:
             if sequence.seq_id in aborts:
                 self._finish(sequence, "abort")
 
-    def _expire_waiting(self) -> None:
-        now = time.monotonic()
-        for sequence in [s for s in self._waiting if s.deadline_s < now]:
-            self._waiting.remove(sequence)
-            self._release(sequence)
-            sequence.sink(RequestTimeout(f"request {sequence.seq_id} expired before it started"))
+    def _expire_overdue(self) -> None:
+        """Stop every request whose deadline has passed, queued or generating."""
+        now = self.clock()
+        for sequence in [s for s in [*self._running, *self._waiting] if s.deadline_s < now]:
+            made = len(sequence.output)
+            when = (
+                f"after {made} of {sequence.params.max_tokens} tokens"
+                if sequence.admitted_s is not None
+                else "before it started"
+            )
+            error = RequestTimeout(
+                f"request {sequence.seq_id} passed its deadline {when}; its generation was "
+                "stopped. Allow more time or ask for fewer max_tokens"
+            )
+            self._finish(sequence, "timeout", error=error)
 
     def _schedule(self) -> list[tuple[_Sequence, int]]:
         """This step's (sequence, tokens to feed) pairs."""
@@ -409,7 +457,7 @@ class GenerationEngine:
                 break  # start only what can finish its prompt: it waits, in arrival order
             fed = self._grant_chunk(sequence, budget)
             self._waiting.popleft()
-            sequence.admitted_s = sequence.admitted_s or time.monotonic()
+            sequence.admitted_s = sequence.admitted_s or self.clock()
             self._running.append(sequence)
             batch.append((sequence, fed))
             budget -= fed
@@ -459,14 +507,11 @@ class GenerationEngine:
         work = [
             StepInput(s.seq_id, s.tokens[s.computed : s.computed + n], s.computed) for s, n in batch
         ]
-        started = time.monotonic()
+        started = self.clock()
         logits, energy = self._measured(lambda: self.runner.step(work, self.blocks))
-        now = time.monotonic()
-        self._step_s = 0.8 * self._step_s + 0.2 * (now - started) if self.steps else now - started
-        self.steps += 1
+        now = self.clock()
+        self._account(batch, now - started)
         fed_total = sum(n for _, n in batch)
-        self.busy_s += now - started
-        self.tokens_fed += fed_total
         for row, (sequence, fed) in enumerate(batch):
             sequence.computed += fed
             if energy is not None:
@@ -476,6 +521,16 @@ class GenerationEngine:
             if sequence.pending == 0:  # the whole context is cached: its next token is due
                 token = choose_token(logits[row], sequence.params, sequence.generator)
                 self._append(sequence, token, now)
+
+    def _account(self, batch: list[tuple[_Sequence, int]], step_s: float) -> None:
+        self._step_s = 0.8 * self._step_s + 0.2 * step_s if self.steps else step_s
+        self.steps += 1
+        fed_total = sum(n for _, n in batch)
+        prefill = sum(n for s, n in batch if not _is_decode(s, n))
+        self.busy_s += step_s
+        self.tokens_fed += fed_total
+        self.prefill_tokens_fed += prefill
+        self.prefill_busy_s += step_s * prefill / fed_total
 
     def _measured(self, run: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, Any]:
         if self._meter is None:
@@ -511,7 +566,15 @@ class GenerationEngine:
         if reason:
             self._finish(sequence, reason, text)
 
-    def _finish(self, sequence: _Sequence, reason: str, text: str | None = None) -> None:
+    def _finish(
+        self,
+        sequence: _Sequence,
+        reason: str,
+        text: str | None = None,
+        error: KilowattError | None = None,
+    ) -> None:
+        """Take ``sequence`` out, free its blocks, and end its stream with ``Finished``
+        (or ``error``)."""
         if sequence in self._running:
             self._running.remove(sequence)
         elif sequence in self._waiting:
@@ -519,7 +582,7 @@ class GenerationEngine:
         self._release(sequence)
         report = self._report(sequence, reason)
         final = text if text is not None else sequence.emitted
-        sequence.sink(Finished(final, reason, report, tuple(sequence.output)))
+        sequence.sink(error or Finished(final, reason, report, tuple(sequence.output)))
         if self._on_finish is not None:
             try:
                 self._on_finish(report)
@@ -532,7 +595,7 @@ class GenerationEngine:
 
     def _report(self, sequence: _Sequence, reason: str) -> GenerationReport:
         times = sequence.token_times
-        end = times[-1] if times else time.monotonic()
+        end = times[-1] if times else self.clock()
         return GenerationReport(
             prompt_tokens=sequence.prompt_len,
             completion_tokens=len(sequence.output),
@@ -552,6 +615,12 @@ class GenerationEngine:
             self._running.remove(sequence)
             self._release(sequence)
             sequence.sink(failure)
+
+
+def _is_decode(sequence: _Sequence, fed: int) -> bool:
+    """Whether feeding ``fed`` tokens (before the step) is one decode step: the single
+    newest token of a sequence whose prompt is cached. Anything else is prefill."""
+    return fed == 1 and sequence.computed == len(sequence.tokens) - 1 >= sequence.prompt_len
 
 
 def _earliest_stop(text: str, stops: tuple[str, ...]) -> int | None:

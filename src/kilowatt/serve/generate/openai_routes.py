@@ -6,6 +6,13 @@ server-sent events ending in ``data: [DONE]``), ``GET /v1/models``, ``GET /metri
 Each answer also carries a ``kilowatt`` object: time to first token, inter-token latency and
 joules per output token with the method that measured them.
 
+The ``kilowatt-deadline-ms`` header bounds the whole generation. A request that passes it is
+stopped and its KV blocks freed; the answer is an error, as OpenAI reports a failed request
+(there is no OpenAI finish reason for a deadline, and a cut answer must not pass for a
+whole one): HTTP 504 with ``{"error": {...}}``, or, for a stream that already sent tokens,
+a last ``data: {"error": {...}}`` event before ``data: [DONE]`` (the ``openai`` client raises
+``APIError`` on it).
+
 >>> app = create_generate_app(engine, GenerateMetrics())  # doctest: +SKIP
 >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
 """
@@ -155,8 +162,11 @@ def create_generate_app(engine: GenerationEngine, metrics: GenerateMetrics) -> F
 
 
 def _error(status: int, message: str, kind: str) -> JSONResponse:
-    body = {"error": {"message": message, "type": kind, "param": None, "code": status}}
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(_error_doc(status, message, kind), status_code=status)
+
+
+def _error_doc(status: int, message: str, kind: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": None, "code": status}}
 
 
 def _check_model(asked: str, served: str) -> None:
@@ -174,12 +184,12 @@ def _chat_prompt(engine: GenerationEngine, messages: list[ChatMessage]) -> str:
     return "\n".join([*lines, "assistant:"])
 
 
-def _deadline(request: Request) -> float | None:
+def _deadline(request: Request, engine: GenerationEngine) -> float | None:
     raw = request.headers.get(DEADLINE_HEADER)
     if raw is None:
         return None
     try:
-        return time.monotonic() + float(raw) / 1000.0
+        return engine.clock() + float(raw) / 1000.0
     except ValueError:
         raise InvalidInput(
             f"{DEADLINE_HEADER} must be a number of milliseconds, got {raw!r}"
@@ -194,7 +204,7 @@ async def _answer(
     request: Request,
     shape: _Shape,
 ) -> Any:
-    stream = await engine.submit(prompt, params, _deadline(request))
+    stream = await engine.submit(prompt, params, _deadline(request, engine))
     answer_id = f"{shape.prefix}-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     if not body.stream:
@@ -204,15 +214,18 @@ async def _answer(
 
     async def events() -> AsyncIterator[bytes]:
         first = True
-        async for item in stream:  # a client that leaves cancels this, which aborts
-            if isinstance(item, Finished):
-                doc = shape.last_chunk(item, engine.runner.name)
-            elif item.text or first:
-                doc = shape.chunk(item.text, first, engine.runner.name)
-                first = False
-            else:
-                continue
-            yield _sse({"id": answer_id, "created": created, **doc})
+        try:
+            async for item in stream:  # a client that leaves cancels this, which aborts
+                if isinstance(item, Finished):
+                    doc = shape.last_chunk(item, engine.runner.name)
+                elif item.text or first:
+                    doc = shape.chunk(item.text, first, engine.runner.name)
+                    first = False
+                else:
+                    continue
+                yield _sse({"id": answer_id, "created": created, **doc})
+        except KilowattError as exc:  # the status line is gone: the error is the last event
+            yield _sse(_error_doc(status_of(exc), str(exc), type(exc).__name__))
         yield b"data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream")
