@@ -34,7 +34,15 @@ def test_train_writes_a_servable_model_whose_serving_calibrates_the_planner(
     mfu = record_serving_calibration(engine)
     peak = load_catalog().accelerator("cpu").peak_flops("fp32") * torch.get_num_threads()
     assert mfu == pytest.approx(engine.achieved_flops() / peak)
-    assert load_calibration().mfu("cpu", serving_class("transformer")) == pytest.approx(mfu)
+    recorded = load_calibration().entry("cpu", serving_class("transformer"))
+    assert recorded is not None
+    assert recorded.mfu == pytest.approx(mfu)
+    # the prompt's 8 tokens were prefill, the 4 fed afterwards decode
+    assert engine.prefill_tokens_fed == 8
+    prefill_rate = engine.achieved_prefill_flops()
+    assert prefill_rate is not None
+    assert recorded.prefill_mfu == pytest.approx(prefill_rate / peak)
+    assert "time to first token" in capsys.readouterr().out
 
 
 def test_serve_refuses_a_folder_without_a_causal_lm(

@@ -78,9 +78,10 @@ def serve(
 
 
 def record_serving_calibration(engine: GenerationEngine, catalog: Any = None) -> float | None:
-    """Fold what ``engine`` achieved into the planner's calibration (CPU runs only here).
+    """Fold what ``engine`` achieved into the planner's calibration (CPU runs only here):
+    the overall fraction of peak (throughput) and the prefill fraction (time to first token).
 
-    Returns the recorded fraction of peak, or None when nothing was measured.
+    Returns the recorded overall fraction of peak, or None when nothing was measured.
     """
     import torch
 
@@ -94,10 +95,17 @@ def record_serving_calibration(engine: GenerationEngine, catalog: Any = None) ->
     # A cpu catalog entry describes one core; the engine used torch's threads.
     peak = catalog.accelerator("cpu").peak_flops("fp32") * torch.get_num_threads()
     mfu = min(achieved / peak, 1.0)
-    calibration = record_measurement(None, "cpu", serving_class("transformer"), mfu=mfu)
-    entry = calibration.entry("cpu", serving_class("transformer"))
-    typer.echo(f"calibration: cpu/{serving_class('transformer')} now {entry.mfu:.2%} of peak "
-               f"({entry.samples} runs; this one {mfu:.2%}, {achieved:.3g} FLOP/s)")  # fmt: skip
+    prefill = engine.achieved_prefill_flops()
+    prefill_mfu = min(prefill / peak, 1.0) if prefill else None
+    key = serving_class("transformer")
+    entry = record_measurement(None, "cpu", key, mfu=mfu, prefill_mfu=prefill_mfu).entry("cpu", key)
+    assert entry is not None
+    typer.echo(f"calibration: cpu/{key} now {entry.mfu:.2%} of peak ({entry.samples} runs; "
+               f"this one {mfu:.2%}, {achieved:.3g} FLOP/s)")  # fmt: skip
+    if entry.prefill_mfu is not None and prefill is not None:
+        typer.echo(f"calibration: cpu/{key} prefill now {entry.prefill_mfu:.2%} of peak "
+                   f"({entry.prefill_samples} runs; this one {prefill:.3g} FLOP/s); the "
+                   f"planner's time to first token uses it")  # fmt: skip
     return mfu
 
 

@@ -7,7 +7,12 @@ Stored as JSON at ``KILOWATT_HOME/calibration.json``::
     {"schema": 1, "entries": [{"accelerator": "cpu", "model_class": "cnn",
       "mfu": 0.21, "samples": 3, "updated": "2026-01-01T12:00:00+00:00"}]}
 
-Serving records under ``serving_class(model_class)``; the serving planner prefers it.
+Serving records under ``serving_class(model_class)``; the serving planner prefers it. A
+serving entry also holds ``prefill_mfu``: the fraction of peak reached while prefilling
+prompts, measured apart from decoding, which sets the planner's time to first token::
+
+    {"accelerator": "cpu", "model_class": "transformer-serving", "mfu": 0.012,
+     "samples": 2, "prefill_mfu": 0.09, "prefill_samples": 2, "updated": "..."}
 
 Usage (what ``kilowatt profile`` does after measuring 20 GFLOP/s on a 100 GFLOP/s part)::
 
@@ -39,7 +44,9 @@ __all__ = [
 
 
 class CalibrationEntry(BaseModel):
-    """Achieved MFU of one (accelerator, model class), averaged over ``samples`` runs."""
+    """Achieved MFU of one (accelerator, model class), averaged over ``samples`` runs;
+    for serving, also the prefill fraction averaged over the ``prefill_samples`` runs that
+    measured one."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -47,6 +54,8 @@ class CalibrationEntry(BaseModel):
     model_class: str
     mfu: float = Field(gt=0, le=1)
     samples: int = Field(default=1, gt=0)
+    prefill_mfu: float | None = Field(default=None, gt=0, le=1)
+    prefill_samples: int = Field(default=0, ge=0)
     updated: dt.datetime
 
 
@@ -75,24 +84,50 @@ class Calibration(BaseModel):
         found = self.entry(accelerator, model_class)
         return found.mfu if found else None
 
+    def prefill_mfu(self, accelerator: str, model_class: str) -> float | None:
+        """Measured prefill fraction of peak, or ``None`` when none was measured."""
+        found = self.entry(accelerator, model_class)
+        return found.prefill_mfu if found else None
+
     def with_measurement(
-        self, accelerator: str, model_class: str, mfu: float, *, now: dt.datetime | None = None
+        self,
+        accelerator: str,
+        model_class: str,
+        mfu: float,
+        *,
+        prefill_mfu: float | None = None,
+        now: dt.datetime | None = None,
     ) -> Calibration:
-        """A copy with ``mfu`` folded into the running mean of this pair."""
-        if not 0 < mfu <= 1:
-            raise SpecError(f"measured MFU must be in (0, 1], got {mfu!r}; check the peak FLOP/s")
+        """A copy with ``mfu`` (and ``prefill_mfu``, if given) folded into the running
+        means of this pair."""
+        for name, value in (("MFU", mfu), ("prefill MFU", prefill_mfu)):
+            if value is not None and not 0 < value <= 1:
+                raise SpecError(
+                    f"measured {name} must be in (0, 1], got {value!r}; check the peak FLOP/s"
+                )
         now = now or dt.datetime.now(dt.UTC)
         old = self.entry(accelerator, model_class)
-        if old is None:
-            new = CalibrationEntry(
-                accelerator=accelerator, model_class=model_class, mfu=mfu, updated=now
+        base = old or CalibrationEntry(
+            accelerator=accelerator, model_class=model_class, mfu=mfu, samples=1, updated=now
+        )
+        samples = old.samples if old else 0
+        update: dict[str, object] = {
+            "mfu": _running_mean(base.mfu, samples, mfu),
+            "samples": samples + 1,
+            "updated": now,
+        }
+        if prefill_mfu is not None:
+            update["prefill_mfu"] = _running_mean(
+                base.prefill_mfu or 0.0, base.prefill_samples, prefill_mfu
             )
-        else:
-            n = old.samples + 1
-            mean = old.mfu + (mfu - old.mfu) / n
-            new = old.model_copy(update={"mfu": mean, "samples": n, "updated": now})
+            update["prefill_samples"] = base.prefill_samples + 1
         rest = [e for e in self.entries if e is not old]
-        return Calibration(entries=[*rest, new])
+        return Calibration(entries=[*rest, base.model_copy(update=update)])
+
+
+def _running_mean(mean: float, count: int, value: float) -> float:
+    """The mean of ``count`` values that averaged ``mean``, and ``value``."""
+    return mean + (value - mean) / (count + 1)
 
 
 def serving_class(model_class: str) -> str:
@@ -155,16 +190,20 @@ def record_measurement(
     mfu: float | None = None,
     achieved_flops: float | None = None,
     peak_flops: float | None = None,
+    prefill_mfu: float | None = None,
 ) -> Calibration:
     """Fold one measurement into the stored calibration and save it.
 
     Give ``mfu`` directly, or ``achieved_flops`` (FLOP/s measured) and ``peak_flops``
-    (the device's peak, e.g. ``catalog.accelerator("cpu").peak_flops("fp32") * cores``).
+    (the device's peak, e.g. ``catalog.accelerator("cpu").peak_flops("fp32") * cores``);
+    a serving measurement adds ``prefill_mfu`` (prefill FLOP/s over the same peak).
     """
     if mfu is None:
         if not achieved_flops or not peak_flops:
             raise SpecError("record_measurement needs mfu, or achieved_flops and peak_flops")
         mfu = min(achieved_flops / peak_flops, 1.0)
-    updated = load_calibration(path).with_measurement(accelerator, model_class, mfu)
+    updated = load_calibration(path).with_measurement(
+        accelerator, model_class, mfu, prefill_mfu=prefill_mfu
+    )
     save_calibration(path, updated)
     return updated

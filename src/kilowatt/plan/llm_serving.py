@@ -72,6 +72,8 @@ class Engine:
 
     ``speed_factor`` scales iteration time: measured over predicted time per token for
     this model and accelerator (calibration from measured serving), 1.0 without one.
+    ``prefill_flops_per_s`` is the rate prompts are prefilled at when it was measured apart
+    from decoding (a serving calibration's prefill rate); ``flops_per_s`` without one.
     """
 
     weight_bytes: float
@@ -86,6 +88,7 @@ class Engine:
     block_tokens: int = BLOCK_TOKENS
     step_overhead_s: float = STEP_OVERHEAD_S
     speed_factor: float = 1.0
+    prefill_flops_per_s: float | None = None
 
     @classmethod
     def for_model(
@@ -97,10 +100,12 @@ class Engine:
         flops_per_s: float,
         precision: str = "bf16",
         speed_factor: float = 1.0,
+        prefill_flops_per_s: float | None = None,
         **options: int | float,
     ) -> Engine:
         """An engine for ``model`` on accelerators with this much memory, bandwidth and
-        achieved FLOP/s together (a tensor-parallel replica sums its devices)."""
+        achieved FLOP/s together (a tensor-parallel replica sums its devices); prefill at
+        ``prefill_flops_per_s`` when that was measured, else at ``flops_per_s``."""
         weights = model.params * BYTES_PER_VALUE[precision]
         kv_per_token = kv_cache_bytes_per_token(model, "fp32" if precision == "fp32" else "bf16")
         free = memory_bytes * MEMORY_USABLE_FRACTION - weights
@@ -119,6 +124,7 @@ class Engine:
             bytes_per_s=bandwidth_bytes_per_s * _BANDWIDTH_EFFICIENCY,
             kv_capacity_tokens=int(free // kv_per_token),
             speed_factor=speed_factor,
+            prefill_flops_per_s=prefill_flops_per_s,
             **options,  # type: ignore[arg-type]
         )
 
@@ -126,16 +132,40 @@ class Engine:
     def kv_blocks(self) -> int:
         return self.kv_capacity_tokens // self.block_tokens
 
-    def iteration_s(self, decode_context_tokens: int, new_tokens: int, attended: float) -> float:
+    @property
+    def prefill_rate_flops_per_s(self) -> float:
+        """FLOP/s of prefill: the measured prefill rate, or the engine's compute rate."""
+        return self.prefill_flops_per_s or self.flops_per_s
+
+    def prefill_compute_s(self, prompt_tokens: float, attended: float) -> float:
+        """Arithmetic of prefilling ``prompt_tokens`` attending over ``attended`` positions."""
+        flops = (
+            prompt_tokens * self.flops_per_token + attended * self.attention_flops_per_context_token
+        )
+        return flops / self.prefill_rate_flops_per_s
+
+    def iteration_s(
+        self,
+        decode_context_tokens: int,
+        decode_tokens: int,
+        decode_attended: float,
+        prefill_tokens: int = 0,
+        prefill_attended: float = 0.0,
+    ) -> float:
         """One iteration: read weights and the decoded sequences' KV cache, compute
-        ``new_tokens`` tokens (decode and prefill) attending over ``attended`` positions."""
+        ``decode_tokens`` decode tokens attending over ``decode_attended`` positions and
+        prefill ``prefill_tokens`` prompt tokens attending over ``prefill_attended``."""
         memory_s = (self.weight_bytes + decode_context_tokens * self.kv_bytes_per_token) / (
             self.bytes_per_s
         )
-        flops = (
-            new_tokens * self.flops_per_token + attended * self.attention_flops_per_context_token
+        decode_flops = (
+            decode_tokens * self.flops_per_token
+            + decode_attended * self.attention_flops_per_context_token
         )
-        return (max(memory_s, flops / self.flops_per_s) + self.step_overhead_s) * self.speed_factor
+        compute_s = decode_flops / self.flops_per_s + self.prefill_compute_s(
+            prefill_tokens, prefill_attended
+        )
+        return (max(memory_s, compute_s) + self.step_overhead_s) * self.speed_factor
 
 
 @dataclass(frozen=True)
@@ -221,10 +251,13 @@ def simulate(engine: Engine, requests: Sequence[Request]) -> SimulationResult:
         preemptions += evicted
         decoding = [s for s in decoding if s in running]
         peak = max(peak, len(running))
-        prefill = sum(s.context for s in admitted)
-        attended = sum(s.context for s in decoding) + sum(s.context**2 / 2 for s in admitted)
+        decode_context = sum(s.context for s in decoding)
         now += engine.iteration_s(
-            sum(s.context for s in decoding), len(decoding) + prefill, attended
+            decode_context,
+            len(decoding),
+            decode_context,
+            sum(s.context for s in admitted),
+            sum(s.context**2 / 2 for s in admitted),
         )
         for seq in [*admitted, *decoding]:
             _emit_token(seq, now)
@@ -334,6 +367,7 @@ def simulate_replica(
     output_tokens: int,
     precision: str = "bf16",
     mfu: float | None = None,
+    prefill_mfu: float | None = None,
     max_sequences: int = 256,
     speed_factor: float = 1.0,
     count: int = 300,
@@ -341,16 +375,18 @@ def simulate_replica(
 ) -> SimulationResult:
     """One replica of ``accelerators`` x ``accelerator`` under ``count`` Poisson arrivals.
 
-    ``mfu`` (prefill efficiency) defaults to the accelerator's catalog figure; pass the
-    calibration's measured one where there is one."""
+    ``mfu`` (compute efficiency) defaults to the accelerator's catalog figure; pass the
+    calibration's measured one where there is one, and its measured ``prefill_mfu``."""
     efficiency = mfu if mfu is not None else accelerator.default_mfu(precision)
+    peak = accelerators * accelerator.peak_flops(precision)
     engine = Engine.for_model(
         model,
         memory_bytes=accelerators * accelerator.memory_bytes,
         bandwidth_bytes_per_s=accelerators * accelerator.memory_bandwidth_bytes_per_s,
-        flops_per_s=accelerators * accelerator.peak_flops(precision) * efficiency,
+        flops_per_s=peak * efficiency,
         precision=precision,
         speed_factor=speed_factor,
+        prefill_flops_per_s=peak * prefill_mfu if prefill_mfu else None,
         max_sequences=max_sequences,
     )
     arrivals = poisson_arrivals(requests_per_s, count, prompt_tokens, output_tokens, seed)

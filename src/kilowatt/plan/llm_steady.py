@@ -182,11 +182,7 @@ def _parts(
     )
     per_token = engine.flops_per_token + context * engine.attention_flops_per_context_token
     compute_s = running * per_token / engine.flops_per_s
-    prefill_flops = (
-        prompt_tokens * engine.flops_per_token
-        + prompt_tokens**2 / 2 * engine.attention_flops_per_context_token
-    )
-    return memory_s, compute_s, prefill_flops / engine.flops_per_s
+    return memory_s, compute_s, engine.prefill_compute_s(prompt_tokens, prompt_tokens**2 / 2)
 
 
 def _slot_wait_s(slots: int, rate: float, service_s: float, quantile: float) -> float:

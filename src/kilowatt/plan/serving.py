@@ -88,8 +88,9 @@ def plan_serving(spec: PlanSpec, catalog: Catalog, calibration: Calibration) -> 
             or calibration.mfu(acc.name, model_class)
             or acc.mfu_default
         )
+        prefill_mfu = calibration.prefill_mfu(acc.name, serving_class(model_class))
         for tp in _replica_sizes(device, spec):
-            engine = _engine(device, tp, spec, mfu)
+            engine = _engine(device, tp, spec, mfu, prefill_mfu)
             caps = _batches(serve.max_batch)
             evaluated += len(caps) * len(regions)
             if isinstance(engine, str):
@@ -112,7 +113,35 @@ def plan_serving(spec: PlanSpec, catalog: Catalog, calibration: Calibration) -> 
         raise PlanInfeasible(_infeasible(spec, rejections, evaluated))
     result = _result(spec, priced, rejections, evaluated, time.perf_counter() - started)
     engines = {_key(p.option): p.engine for p in priced}
-    return _with_simulation(result, spec, engines)
+    result = _with_simulation(result, spec, engines)
+    top = result.recommendation
+    assert isinstance(top, ServeOption)
+    note = _prefill_note(spec, top, engines[_key(top)], calibration)
+    return (
+        result.model_copy(update={"explanation": [*result.explanation, note]}) if note else result
+    )
+
+
+def _prefill_note(
+    spec: PlanSpec, option: ServeOption, engine: Engine, calibration: Calibration
+) -> str | None:
+    """Where the time to first token's prefill rate comes from, when it was measured."""
+    serve = spec.serve
+    assert serve is not None
+    key = serving_class(spec.model.calibration_class)
+    entry = calibration.entry(option.accelerator, key)
+    if entry is None or entry.prefill_mfu is None:
+        return None
+    tokens_per_s = engine.prefill_rate_flops_per_s / engine.flops_per_token
+    prompt_s = engine.prefill_compute_s(serve.prompt_tokens, serve.prompt_tokens**2 / 2)
+    return (
+        f"Time to first token is calibrated: prompts prefill at {entry.prefill_mfu:.2%} of "
+        f"{option.accelerator} peak, the mean of {entry.prefill_samples} measured serving "
+        f"run(s) (calibration {option.accelerator}/{key}, `kilowatt generate serve`, last "
+        f"{entry.updated:%Y-%m-%d}): {tokens_per_s:,.0f} prompt tokens/s per replica, so a "
+        f"{serve.prompt_tokens}-token prompt takes {prompt_s * 1e3:,.1f} ms of arithmetic "
+        f"before queueing and step overhead."
+    )
 
 
 def _key(option: ServeOption) -> tuple[str, int, int]:
@@ -142,17 +171,22 @@ def _with_simulation(
     return result.model_copy(update={"explanation": [*result.explanation, *lines]})
 
 
-def _engine(device: Device, tp: int, spec: PlanSpec, mfu: float) -> Engine | str:
+def _engine(
+    device: Device, tp: int, spec: PlanSpec, mfu: float, prefill_mfu: float | None
+) -> Engine | str:
     """One replica of ``tp`` devices as the continuous-batching engine, or why it cannot
-    hold the weights and one request's KV cache."""
+    hold the weights and one request's KV cache. ``prefill_mfu``: the measured prefill
+    fraction of peak (a serving calibration), else prompts prefill at ``mfu``."""
     serve = spec.serve
     assert serve is not None
+    peak = tp * device.peak_flops(serve.precision)
     try:
         engine = Engine.for_model(
             spec.model,
             memory_bytes=tp * device.memory_bytes,
             bandwidth_bytes_per_s=tp * device.bandwidth_bytes_per_s,
-            flops_per_s=tp * device.peak_flops(serve.precision) * mfu,
+            flops_per_s=peak * mfu,
+            prefill_flops_per_s=peak * prefill_mfu if prefill_mfu else None,
             precision=serve.precision,
             max_sequences=serve.max_batch,
             # each iteration's all-reduces between the replica's devices (two per layer)

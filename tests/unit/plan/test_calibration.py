@@ -34,6 +34,34 @@ def test_measurements_average_and_persist(tmp_path: Path) -> None:
     assert load_calibration(path).mfu("cpu", "transformer") is None
 
 
+def test_serving_prefill_fractions_average_apart_and_persist(tmp_path: Path) -> None:
+    path = tmp_path / "calibration.json"
+    record_measurement(path, "cpu", "transformer-serving", mfu=0.01, prefill_mfu=0.1)
+    record_measurement(path, "cpu", "transformer-serving", mfu=0.03)  # no prefill measured
+    cal = record_measurement(path, "cpu", "transformer-serving", mfu=0.02, prefill_mfu=0.2)
+    entry = cal.entry("cpu", "transformer-serving")
+    assert entry is not None
+    assert (entry.mfu, entry.samples) == (pytest.approx(0.02), 3)
+    assert (entry.prefill_mfu, entry.prefill_samples) == (pytest.approx(0.15), 2)
+    assert load_calibration(path).prefill_mfu("cpu", "transformer-serving") == pytest.approx(0.15)
+    assert cal.prefill_mfu("cpu", "transformer") is None
+
+
+def test_a_file_written_before_prefill_rates_still_loads(tmp_path: Path) -> None:
+    path = tmp_path / "calibration.json"
+    entry = {"accelerator": "cpu", "model_class": "transformer-serving", "mfu": 0.02,
+             "samples": 1, "updated": "2026-01-01T00:00:00+00:00"}  # fmt: skip
+    path.write_text(json.dumps({"schema": 1, "entries": [entry]}))
+    cal = load_calibration(path)
+    assert cal.mfu("cpu", "transformer-serving") == pytest.approx(0.02)
+    assert cal.prefill_mfu("cpu", "transformer-serving") is None
+
+
+def test_an_impossible_prefill_fraction_is_refused() -> None:
+    with pytest.raises(SpecError, match="measured prefill MFU must be in"):
+        Calibration().with_measurement("cpu", "transformer-serving", 0.1, prefill_mfu=2.0)
+
+
 def test_default_path_is_in_kilowatt_home(clean_environment: Path) -> None:
     record_measurement(None, "a100-80gb", "transformer", mfu=0.45)
     assert load_calibration(clean_environment / "calibration.json").mfu(
