@@ -6,19 +6,22 @@ random weights, no end-of-text token, so every answer is exactly ``max_tokens`` 
 
 - naive: FastAPI + uvicorn, a plain ``def`` endpoint calling ``model.generate`` per request
   (FastAPI runs it in its thread pool, as its docs advise for blocking code);
-- static: FastAPI with an asyncio batcher that takes up to ``--static-batch`` requests
-  (waiting up to 50 ms after the first), runs one left-padded ``model.generate`` for them
-  all until the longest answer is done, then takes the next batch;
+- static: FastAPI with an asyncio batcher that takes up to ``batch`` requests (waiting up
+  to ``wait_ms`` after the first), runs one left-padded ``model.generate`` for them all until
+  the longest answer is done, then takes the next batch. The run first tunes it: every
+  ``--static-batch`` x ``--static-wait-ms`` pair serves the main load once, and the one with
+  the most output tokens/s is the static server of the comparison;
 - kilowatt: ``kilowatt generate serve`` (continuous batching, streamed answers).
 
 All get the same open-loop Poisson load with mixed prompt and output lengths
-(``kilowatt.bench.genload``). Energy is each server process's CPU seconds over the load
-times the catalog's watts per core (``estimated-cpu-time``, the same for all three).
-Prints a table with ratios to the naive server and the spread over repeats, and writes
-bench/results/generate.json.
+(``kilowatt.bench.genload``) at ``--qps``, a load the naive server saturates. kilowatt alone
+then also serves ``--capacity-qps``, loads that approach its own capacity. Energy is each
+server process's CPU seconds over the load times the catalog's watts per core
+(``estimated-cpu-time``, the same for all three). Prints tables with ratios to the naive
+server and the spread over repeats, and writes bench/results/generate.json.
 
-    python bench/generate.py                     # 2 repeats, 48 requests at 4/s
-    python bench/generate.py --repeats 1 --requests 24
+    python bench/generate.py                     # 3 repeats, 96 requests at 8/s; 12 and 16/s
+    python bench/generate.py --repeats 1 --requests 24 --static-batch 16 --static-wait-ms 50
 """
 
 from __future__ import annotations
@@ -105,7 +108,7 @@ STATIC_SERVER = (
 import asyncio
 
 MAX_BATCH = int(sys.argv[3])
-WAIT_S = 0.05
+WAIT_S = float(sys.argv[4]) / 1000
 queue = None
 
 
@@ -199,20 +202,27 @@ def cpu_s(pid: int) -> float:
     return total
 
 
-def commands(work: Path, model_dir: Path, port: int, static_batch: int) -> dict[str, list[str]]:
+def commands(
+    work: Path, model_dir: Path, port: int, static: tuple[int, float]
+) -> dict[str, list[str]]:
     for name, source in (("naive", NAIVE_SERVER), ("static", STATIC_SERVER)):
         (work / f"{name}.py").write_text(textwrap.dedent(source))
-    static = [sys.executable, str(work / "static.py"), str(model_dir), str(port), str(static_batch)]
+    batch, wait_ms = static
+    batcher = [sys.executable, str(work / "static.py"), str(model_dir), str(port), str(batch),
+               str(wait_ms)]  # fmt: skip
     kilowatt = [sys.executable, "-m", "kilowatt.cli.main", "generate", "serve", str(model_dir),
-                "--name", MODEL, "--port", str(port), "--kv-blocks", "2048"]  # fmt: skip
+                "--name", MODEL, "--port", str(port), "--kv-blocks", "2048",
+                "--no-calibrate"]  # fmt: skip
     return {
         "naive": [sys.executable, str(work / "naive.py"), str(model_dir), str(port)],
-        "static": static,
+        "static": batcher,
         "kilowatt": kilowatt,
     }
 
 
-def measure(name: str, command: list[str], port: int, args: argparse.Namespace) -> dict[str, Any]:
+def measure(
+    name: str, command: list[str], port: int, qps: float, args: argparse.Namespace
+) -> dict[str, Any]:
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     process = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL, env=env)
@@ -220,7 +230,7 @@ def measure(name: str, command: list[str], port: int, args: argparse.Namespace) 
         wait_healthy(f"{url}/health" if name != "kilowatt" else f"{url}/v1/models", process)
         warm = {"model": MODEL, "prompt": "warm up", "max_tokens": 8, "temperature": 0}
         httpx.post(f"{url}/v1/completions", json=warm, timeout=120).raise_for_status()
-        spec = GenerativeLoadSpec(url=url, model=MODEL, qps=args.qps, requests=args.requests,
+        spec = GenerativeLoadSpec(url=url, model=MODEL, qps=qps, requests=args.requests,
                                   output_tokens=tuple(args.output_tokens),
                                   stream=name == "kilowatt", seed=args.seed)  # fmt: skip
         before = cpu_s(process.pid)
@@ -232,72 +242,121 @@ def measure(name: str, command: list[str], port: int, args: argparse.Namespace) 
     result["energy_j"] = result["cpu_s"] * watts
     result["energy_per_token_j"] = result["energy_j"] / max(result["output_tokens"], 1)
     result["energy_method"] = "estimated-cpu-time"
+    result["qps"] = qps
     return result
 
 
-def table(runs: dict[str, list[dict[str, Any]]]) -> str:
-    def med(name: str, key: str) -> float:
-        return float(np.median([r[key] for r in runs[name]]))
+def _median(runs: list[dict[str, Any]], key: str) -> float:
+    return float(np.median([r[key] for r in runs]))
 
-    def spread(name: str, key: str) -> str:
-        values = [r[key] for r in runs[name]]
-        return f"±{(max(values) - min(values)) / 2:.3g}" if len(values) > 1 else ""
 
-    naive_tps = med("naive", "output_tokens_per_s")
-    columns = ["server", "output tokens/s", "vs naive", "TTFT p50 (s)", "TTFT p99 (s)",
-               "inter-token p50 / p99 (ms)", "J per token", "failed"]  # fmt: skip
+def _spread(runs: list[dict[str, Any]], key: str) -> str:
+    values = [r[key] for r in runs]
+    return f"±{(max(values) - min(values)) / 2:.3g}" if len(values) > 1 else ""
+
+
+def table(runs: dict[str, list[dict[str, Any]]], naive_tps: float | None) -> str:
+    """One row per server: medians over repeats, ± half the range."""
+    columns = ["server", "offered tokens/s", "output tokens/s", "vs naive", "TTFT p50 (s)",
+               "TTFT p99 (s)", "inter-token p50 / p99 (ms)", "J per token", "failed"]  # fmt: skip
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    for name in runs:
-        tps = med(name, "output_tokens_per_s")
-        itl = [r["inter_token_p50_s"] for r in runs[name]]
-        itl99 = [r["inter_token_p99_s"] for r in runs[name]]
+    for name, found in runs.items():
+        tps = _median(found, "output_tokens_per_s")
+        itl = [r["inter_token_p50_s"] for r in found]
+        itl99 = [r["inter_token_p99_s"] for r in found]
         itl_cell = (
             f"{np.median(itl) * 1000:.1f} / {np.median(itl99) * 1000:.1f}"
             if None not in itl else "whole answer at once"
         )  # fmt: skip
+        ratio = f"{tps / naive_tps:.2f}x" if naive_tps else "-"
         lines.append(
-            f"| {name} | {tps:.1f} {spread(name, 'output_tokens_per_s')} | {tps / naive_tps:.2f}x "
-            f"| {med(name, 'ttft_p50_s'):.2f} | {med(name, 'ttft_p99_s'):.2f} "
-            f"{spread(name, 'ttft_p99_s')} | {itl_cell} "
-            f"| {med(name, 'energy_per_token_j'):.4f} {spread(name, 'energy_per_token_j')} "
-            f"| {sum(r['failed'] for r in runs[name])} |"
+            f"| {name} | {found[0]['offered_tokens_per_s']:.0f} "
+            f"| {tps:.1f} {_spread(found, 'output_tokens_per_s')} | {ratio} "
+            f"| {_median(found, 'ttft_p50_s'):.2f} | {_median(found, 'ttft_p99_s'):.2f} "
+            f"{_spread(found, 'ttft_p99_s')} | {itl_cell} "
+            f"| {_median(found, 'energy_per_token_j'):.4f} {_spread(found, 'energy_per_token_j')} "
+            f"| {sum(r['failed'] for r in found)} |"
         )
+    return "\n".join(lines)
+
+
+def run_one(
+    name: str, qps: float, static: tuple[int, float], work: Path, model_dir: Path,
+    args: argparse.Namespace,
+) -> dict[str, Any]:  # fmt: skip
+    port = free_port()
+    result = measure(name, commands(work, model_dir, port, static)[name], port, qps, args)
+    result["offered_tokens_per_s"] = qps * sum(args.output_tokens) / 2
+    print(f"{name} at {qps:g} req/s: {result['output_tokens_per_s']:.1f} tok/s, TTFT p99 "
+          f"{result['ttft_p99_s']:.2f} s, {result['energy_per_token_j']:.4f} J/token",
+          flush=True)  # fmt: skip
+    return result
+
+
+def tune_static(work: Path, model_dir: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every batch x wait pair once at the main load, best (most tokens/s) first."""
+    tried = []
+    for batch in args.static_batch:
+        for wait_ms in args.static_wait_ms:
+            result = run_one("static", args.qps, (batch, wait_ms), work, model_dir, args)
+            tried.append({"batch": batch, "wait_ms": wait_ms, **result})
+    return sorted(tried, key=lambda r: -r["output_tokens_per_s"])
+
+
+def tuning_table(tried: list[dict[str, Any]]) -> str:
+    lines = ["| batch | wait (ms) | output tokens/s | TTFT p99 (s) | J per token |",
+             "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    for r in tried:
+        lines.append(f"| {r['batch']} | {r['wait_ms']:g} | {r['output_tokens_per_s']:.1f} "
+                     f"| {r['ttft_p99_s']:.2f} | {r['energy_per_token_j']:.4f} |")  # fmt: skip
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--qps", type=float, default=4.0)
-    parser.add_argument("--requests", type=int, default=48)
+    parser.add_argument("--qps", type=float, default=8.0, help="the load all servers get")
+    parser.add_argument("--capacity-qps", type=float, nargs="*", default=[12.0, 16.0],
+                        help="loads kilowatt alone gets, near its capacity")  # fmt: skip
+    parser.add_argument("--requests", type=int, default=96)
     parser.add_argument("--output-tokens", type=int, nargs=2, default=(16, 128))
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--static-batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--static-batch", type=int, nargs="+", default=[8, 16, 32, 64])
+    parser.add_argument("--static-wait-ms", type=float, nargs="+", default=[20.0, 100.0, 500.0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per server")
     parser.add_argument("--servers", nargs="+", default=["naive", "static", "kilowatt"])
     args = parser.parse_args(argv)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in args.servers}
+    capacity: dict[str, list[dict[str, Any]]] = {f"kilowatt at {q:g} req/s": []
+                                                 for q in args.capacity_qps}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model_dir = build_gpt2_folder(work / MODEL, n_layer=6, n_embd=384, n_head=6,
                                       n_positions=512, vocab_size=512)  # fmt: skip
-        for repeat in range(args.repeats):
+        tried = tune_static(work, model_dir, args) if "static" in args.servers else []
+        static = (tried[0]["batch"], tried[0]["wait_ms"]) if tried else (16, 50.0)
+        for _ in range(args.repeats):
             for name in args.servers:
-                port = free_port()
-                command = commands(work, model_dir, port, args.static_batch)[name]
-                result = measure(name, command, port, args)
-                runs[name].append(result)
-                print(f"repeat {repeat + 1} {name}: {result['output_tokens_per_s']:.1f} tok/s, "
-                      f"TTFT p99 {result['ttft_p99_s']:.2f} s, "
-                      f"{result['energy_per_token_j']:.4f} J/token", flush=True)  # fmt: skip
+                runs[name].append(run_one(name, args.qps, static, work, model_dir, args))
+            for qps in args.capacity_qps:
+                found = run_one("kilowatt", qps, static, work, model_dir, args)
+                capacity[f"kilowatt at {qps:g} req/s"].append(found)
     mean_tokens = sum(args.output_tokens) / 2
     print(f"\noffered load: {args.qps:g} req/s x {mean_tokens:g} tokens = "
           f"{args.qps * mean_tokens:.0f} output tokens/s; {args.requests} requests\n")  # fmt: skip
-    print(table(runs))
+    if tried:
+        print(f"static batcher tuning (one run each; kept batch {static[0]}, "
+              f"{static[1]:g} ms):\n{tuning_table(tried)}\n")  # fmt: skip
+    naive = _median(runs["naive"], "output_tokens_per_s") if runs.get("naive") else None
+    print(table({f"{n} (batch {static[0]}, {static[1]:g} ms)" if n == "static" else n: r
+                 for n, r in runs.items()}, naive))  # fmt: skip
+    if args.capacity_qps:
+        print(f"\nkilowatt near its capacity (vs the naive server's tokens/s at "
+              f"{args.qps:g} req/s, a load it saturates):\n{table(capacity, naive)}")  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "generate.json"
     doc = {"args": vars(args), "machine": platform.platform(), "cpus": os.cpu_count(),
-           "servers": runs}  # fmt: skip
+           "static_tuning": tried, "servers": runs, "capacity": capacity}  # fmt: skip
     out.write_text(json.dumps(doc, indent=2))
     print(f"\nwrote {out}")
     return 0
