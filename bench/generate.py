@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ import psutil
 
 from kilowatt.bench.genload import GenerativeLoadSpec, run_generative_load
 from kilowatt.meter import cpu_watts_per_core
+from kilowatt.ports import reserve_port
 from kilowatt.serve.generate.hfbuild import build_gpt2_folder
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -157,12 +157,6 @@ async def completions(request: Completion):
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
 """
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float = 300) -> None:
@@ -283,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                                       n_positions=512, vocab_size=512)  # fmt: skip
         for repeat in range(args.repeats):
             for name in args.servers:
-                port = free_port()
+                port = reserve_port()
                 command = commands(work, model_dir, port, args.static_batch)[name]
                 result = measure(name, command, port, args)
                 runs[name].append(result)

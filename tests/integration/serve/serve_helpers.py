@@ -4,7 +4,6 @@ model."""
 
 from __future__ import annotations
 
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -125,14 +124,6 @@ def make_server(
 
 def metric(server: InferenceServer, name: str, **labels: str) -> float:
     return server.metrics.registry.get_sample_value(name, labels) or 0.0
-
-
-def free_grpc_port() -> int:
-    """A free port for ``--grpc-port``: every worker binds that one port, so it is chosen
-    before the workers start (the HTTP port is picked by the server itself)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager

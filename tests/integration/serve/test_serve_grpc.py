@@ -21,7 +21,6 @@ from serve_helpers import (
     TWO_INPUTS,
     Gate,
     TwoInputs,
-    free_grpc_port,
     make_server,
     metric,
     running,
@@ -30,6 +29,7 @@ from serve_helpers import (
 )
 from tritonclient.utils import InferenceServerException
 
+from kilowatt.ports import reserve_port
 from kilowatt.serve.grpc import grpc_predict_v2_pb2 as pb
 from kilowatt.serve.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from kilowatt.spec import ModelSpec
@@ -51,7 +51,7 @@ def _input(name: str, array: np.ndarray, datatype: str) -> triton.InferInput:
 
 @pytest.fixture
 def mlp_grpc(mlp_file: Path):
-    port = free_grpc_port()
+    port = reserve_port()
     server = make_server(ModelSpec(name="mlp", source=str(mlp_file)), grpc_port=port)
     with running(server) as url:
         yield server, url, f"127.0.0.1:{port}"
@@ -101,7 +101,7 @@ def test_typed_contents_in_typed_contents_out(mlp_grpc) -> None:
 
 def test_two_input_model_over_grpc(tmp_path: Path) -> None:
     model = save_torchscript(TwoInputs(), tmp_path / "two.pt")
-    port = free_grpc_port()
+    port = reserve_port()
     server = make_server(
         ModelSpec(name="two", source=str(model), inputs=TWO_INPUTS), grpc_port=port
     )
@@ -141,7 +141,7 @@ def test_bad_requests_get_their_grpc_status(
 
 def test_full_queue_is_resource_exhausted_and_a_hopeless_deadline_is_deadline_exceeded() -> None:
     gate = Gate()
-    port = free_grpc_port()
+    port = reserve_port()
     server = make_server(
         ModelSpec(name="m", source="scale:1"),
         factory=gate,

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from serve_helpers import Gate, free_grpc_port, make_server, running
+from serve_helpers import Gate, make_server, running
 
 from kilowatt.bench.loadgen import LoadSpec, default_body, run_scenarios
 from kilowatt.cli.main import main
+from kilowatt.ports import reserve_port
 from kilowatt.spec import ModelSpec
 
 
@@ -72,7 +73,7 @@ def test_refused_requests_count_as_errors_against_the_slo() -> None:
 
 @pytest.mark.parametrize("scenario", ["sweep", "server"])
 def test_grpc_load_closed_loop_and_poisson(scenario: str) -> None:
-    port = free_grpc_port()
+    port = reserve_port()
     server = make_server(ModelSpec(name="m", source="scale:2"), factory=Gate(), grpc_port=port)
     with running(server):
         spec = LoadSpec(

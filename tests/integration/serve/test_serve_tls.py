@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 import trustme
-from serve_helpers import free_grpc_port, serve_process
+from serve_helpers import serve_process
 from tritonclient.utils import InferenceServerException
 
 from kilowatt.bench.loadgen import LoadSpec, default_body, run_scenarios
+from kilowatt.ports import reserve_port
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def test_https_and_grpc_tls_answer_trusting_clients_only(
     mlp_file: Path, tls_files: tuple[Path, Path, Path]
 ) -> None:
     ca, cert, key = tls_files
-    grpc_port = free_grpc_port()
+    grpc_port = reserve_port()
     args = [str(mlp_file), "--name", "mlp", "--grpc-port", str(grpc_port)]
     args += ["--tls-cert", str(cert), "--tls-key", str(key)]
     sample = np.zeros((1, 16), dtype=np.float32)
