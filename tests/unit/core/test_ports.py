@@ -48,3 +48,17 @@ def test_a_reserved_port_is_free_to_bind() -> None:
 def test_server_process_names_the_programs_it_runs(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"program must be one of \['serve', 'ui'\], got 'api'"):
         ServerProcess([], program="api", log_path=tmp_path / "api.log")
+
+
+def test_the_training_rendezvous_is_served_on_the_port_the_parent_bound() -> None:
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from kilowatt.train.distributed import RENDEZVOUS_HOST, rendezvous_store
+
+    store = rendezvous_store()
+    assert store.port != 0
+    worker = dist.TCPStore(RENDEZVOUS_HOST, store.port, timeout=timedelta(seconds=30))
+    worker.set("joined", "1")
+    assert store.get("joined") == b"1"
