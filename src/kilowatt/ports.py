@@ -8,6 +8,11 @@ address as one line, which whoever started the server reads back
     >>> listening_prefix("serve")
     'kilowatt serve: listening on'
 
+Worker processes that share one port (``kilowatt serve --workers N --grpc-port 0``: each
+worker's gRPC server binds the port with ``SO_REUSEPORT``) get it from ``hold_shared_port``:
+the parent binds port 0 with ``SO_REUSEPORT`` and holds it, never listening, so connections
+go to the workers only and no process that does not share the port can take it meanwhile.
+
 ``reserve_port`` is the exception, for programs that cannot bind port 0 and report the port
 back (Ray Serve's proxy, Prometheus, other tools' servers in the benchmarks): it returns a
 port that was free when asked, which another process may still take before the program
@@ -21,7 +26,14 @@ import sys
 
 from kilowatt.errors import ServeError
 
-__all__ = ["announce", "bound_url", "listen", "listening_prefix", "reserve_port"]
+__all__ = [
+    "announce",
+    "bound_url",
+    "hold_shared_port",
+    "listen",
+    "listening_prefix",
+    "reserve_port",
+]
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -43,6 +55,22 @@ def listen(host: str, port: int) -> socket.socket:
         ) from None
     listener.set_inheritable(True)  # worker processes serve on the same socket
     return listener
+
+
+def hold_shared_port(host: str) -> socket.socket:
+    """A free port on ``host``, held for worker processes that bind it with ``SO_REUSEPORT``.
+
+    The socket is bound to port 0 and never listens: keep it open until the workers exit.
+
+    Raises:
+        ServeError: this system has no ``SO_REUSEPORT``.
+    """
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise ServeError("workers cannot share a port here (no SO_REUSEPORT); give a port number")
+    held = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    held.bind((host, 0))
+    return held
 
 
 def bound_url(listener: socket.socket, host: str, scheme: str = "http") -> str:

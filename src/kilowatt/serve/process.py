@@ -154,13 +154,19 @@ class ServerProcess:
                 )
             time.sleep(0.05)  # polling the server's own announcement and readiness probe
 
+    @property
+    def grpc_endpoint(self) -> str:
+        """``grpc(s)://host:port``, as the server announced it (``--grpc-port 0``), or ""."""
+        return next((url for url in self._announced() if url.startswith("grpc")), "")
+
     def _read_endpoint(self) -> bool:
+        self.endpoint = next((url for url in self._announced() if url.startswith("http")), "")
+        return bool(self.endpoint)
+
+    def _announced(self) -> list[str]:
         prefix = listening_prefix(self.program)
-        for line in self.output().splitlines():
-            if line.startswith(prefix):
-                self.endpoint = line.removeprefix(prefix).strip()
-                return True
-        return False
+        lines = self.output().splitlines()
+        return [line.removeprefix(prefix).strip() for line in lines if line.startswith(prefix)]
 
     def _name(self) -> str:
         return " ".join(["kilowatt", self.program, *self.args])

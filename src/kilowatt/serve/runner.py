@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from kilowatt.errors import MeterUnavailable, SpecError
-from kilowatt.ports import announce, bound_url, listen
-from kilowatt.serve.app import ServeApp, create_app
+from kilowatt.ports import announce, bound_url, hold_shared_port, listen
+from kilowatt.serve.app import ServeApp, create_app, grpc_url
 from kilowatt.serve.fleet import FLEET_ENV, Fleet
 from kilowatt.serve.metrics import ServeMetrics
 from kilowatt.serve.server import DeploymentEvent, InferenceServer, ServeCallback
@@ -184,7 +184,12 @@ def run(
     with (
         tempfile.TemporaryDirectory(prefix="kilowatt-metrics-") as metrics_dir,
         tempfile.TemporaryDirectory(prefix="kilowatt-fleet-") as fleet_dir,
+        contextlib.ExitStack() as held,
     ):
+        if spec.grpc_port == 0:  # every worker binds the one port this process holds
+            shared = held.enter_context(hold_shared_port(spec.host))
+            spec = spec.model_copy(update={"grpc_port": shared.getsockname()[1]})
+            announce("serve", grpc_url(spec, spec.grpc_port))
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         os.environ[FLEET_ENV] = fleet_dir
         os.environ[SPEC_ENV] = spec.model_dump_json()
