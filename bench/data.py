@@ -42,6 +42,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kilowatt.ports import reserve_port
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "data.json"
 PEER_VENV = Path.home() / ".cache" / "kilowatt-bench" / "data-peers"
@@ -67,14 +69,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 # --- the S3 endpoint and the byte-counting proxy
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_moto() -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
+    port = reserve_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,

@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ import psutil
 
 from kilowatt.bench.genload import GenerativeLoadSpec, run_generative_load
 from kilowatt.meter import cpu_watts_per_core
+from kilowatt.ports import reserve_port
 from kilowatt.serve.generate.hfbuild import build_gpt2_folder
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -160,12 +160,6 @@ async def completions(request: Completion):
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
 """
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float = 300) -> None:
@@ -284,7 +278,7 @@ def run_one(
     name: str, qps: float, static: tuple[int, float], work: Path, model_dir: Path,
     args: argparse.Namespace,
 ) -> dict[str, Any]:  # fmt: skip
-    port = free_port()
+    port = reserve_port()
     result = measure(name, commands(work, model_dir, port, static)[name], port, qps, args)
     result["offered_tokens_per_s"] = qps * sum(args.output_tokens) / 2
     print(f"{name} at {qps:g} req/s: {result['output_tokens_per_s']:.1f} tok/s, TTFT p99 "

@@ -28,7 +28,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,8 @@ import numpy as np
 import orjson
 import serve_peers  # bench/ is on sys.path when this script runs
 import torch
+
+from kilowatt.ports import reserve_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONCURRENCIES = (1, 16, 64)
@@ -130,14 +131,6 @@ def answer_of(target: Target, verify: Any) -> np.ndarray:
     if length is not None:
         return np.frombuffer(reply.content[int(length) :], dtype=np.float32)
     return np.asarray(reply.json()["outputs"], dtype=np.float32).reshape(-1)
-
-
-def free_port() -> int:
-    """A port for a baseline server: they bind the port they are given and cannot say
-    which one they got, unlike ``kilowatt serve --port 0``."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start(server: serve_peers.Server, work: Path) -> subprocess.Popen[bytes]:
@@ -246,21 +239,21 @@ def plan(
     targets: list[Target] = []
     body = json_body()
     for kind in ("async", "threadpool"):
-        server = serve_peers.naive(kind, model_file, free_port())
+        server = serve_peers.naive(kind, model_file, reserve_port())
         servers[server.name] = server
         targets.append(Target(server.name, server.name, server.predict, body))
-    server = serve_peers.litserve(model_file, free_port())
+    server = serve_peers.litserve(model_file, reserve_port())
     servers[server.name] = server
     targets.append(Target(server.name, server.name, server.predict, body))
     venv = serve_peers.torchserve_venv(args.torchserve_venv) if shutil.which("java") else None
     if venv is not None:
-        ports = (free_port(), free_port(), free_port())
+        ports = (reserve_port(), reserve_port(), reserve_port())
         server = serve_peers.torchserve(venv, work, model_file, ports)
         servers[server.name] = server
         targets.append(Target(server.name, server.name, server.predict, body))
     else:
         print("TorchServe skipped (needs java and its venv)", file=sys.stderr)
-    http, grpc_port = free_port(), free_port()
+    http, grpc_port = reserve_port(), reserve_port()
     # A 10 s latency objective: no server here sheds load, so neither does kilowatt.
     kw = [sys.executable, "-m", "kilowatt.cli.main", "serve", str(model_file), "--name", "mlp",
           "--slo-ms", "10000"]  # fmt: skip
@@ -279,7 +272,7 @@ def plan(
         Target("kilowatt-grpc", "kilowatt", grpc_url, default_body(grpc_url, FEATURES, 0)),
     ]  # fmt: skip
     ca, cert, key = tls_files(work)
-    https = free_port()
+    https = reserve_port()
     servers["kilowatt-tls"] = serve_peers.Server(
         "kilowatt-tls",
         [*kw, "--port", str(https), "--tls-cert", str(cert), "--tls-key", str(key)], "", "",

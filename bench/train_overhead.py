@@ -7,15 +7,27 @@ Part 1, the same model, data, optimizer and steps, run in the same process by:
   (a store-backed recorder writing every logged step) and its final checkpoint;
 - lightning: ``lightning.Trainer`` with logging, checkpointing and the progress bar off.
 
-Each is timed end to end (model build to final save) several times, interleaved (the order
-rotates every repeat so no variant always runs first), and the median is reported as steps/s
-with the overhead against the raw loop, then the spread (min / median / max) over the
-repeats. Targets: <= 50 us per step in the loop over the raw loop (median of repeats), and
-end to end within 2% of the raw loop. Wall time and this process's CPU time
-are both reported: on a machine shared with other jobs the CPU time (which includes
-kilowatt's sampler and flusher threads) is the steadier of the two. All variants run with
-the same torch thread count (``--threads``, default 1): an OpenMP pool as wide as the
-machine stalls whenever another process takes a core, which swamps what is measured here.
+The runs are interleaved: each round runs every variant once, the order rotating every round
+so no variant always runs first, and each variant is compared with the raw run of the same
+round (seconds apart: on a shared machine the load drifts between rounds far more than
+within one). Two figures per run:
+
+- end to end: model build to final save, wall seconds (and this process's CPU seconds);
+- per step in the loop: every variant computes its loss through the same stamping function,
+  called once per step at the same point of the step, so the interval between two stamps is
+  one whole step as that loop runs it (data, forward, backward, optimizer and any
+  bookkeeping between steps). After a 20-step warm-up the steps are cut into blocks of 10
+  (each block holds exactly one of kilowatt's logged steps, so logging is always counted);
+  the wall time per step is the median block's mean, which a burst of load from another
+  process moves far less than a total does. The CPU time per step is this process's CPU
+  seconds (every thread: kilowatt's sampler and flusher included) from the first stamp to
+  the last over the steps between.
+
+Reported: the median over rounds and the spread (min / median / max) of the per-round
+differences from the raw loop. Targets: <= 50 us per step in the loop over the raw loop
+(median of rounds), and end to end within 2% of the raw loop. All variants run with the
+same torch thread count (``--threads``, default 1): an OpenMP pool as wide as the machine
+stalls whenever another process takes a core, which swamps what is measured here.
 
 Part 2, checkpoint stall per checkpoint for a ~100M-parameter model: how long the step
 loop is blocked by a synchronous save (serialise, write, fsync) versus an asynchronous one
@@ -50,6 +62,15 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "train_overhead.json"
 BATCH = 64
 FEATURES, HIDDEN, CLASSES = 256, 512, 10
+WARMUP_STEPS, BLOCK_STEPS = 20, 10  # kilowatt logs every 10 steps: one logged step a block
+
+_stamps: list[tuple[float, float]] = []  # (wall, process CPU) seconds at each loss call
+
+
+def stamped_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy, stamped first: every variant calls it once per step, at the same point."""
+    _stamps.append((time.perf_counter(), time.process_time()))
+    return functional.cross_entropy(outputs, targets)
 
 
 def make_model() -> nn.Module:
@@ -81,7 +102,7 @@ def run_raw(steps: int, folder: Path) -> float:
     step = 0
     while step < steps:
         for inputs, targets in loader:
-            loss = functional.cross_entropy(model(inputs), targets)
+            loss = stamped_loss(model(inputs), targets)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -110,7 +131,7 @@ def run_kilowatt(steps: int, folder: Path) -> float:
             make_model,
             make_optimizer,
             train_data=make_dataset(),
-            loss_fn=functional.cross_entropy,
+            loss_fn=stamped_loss,
             steps=steps,
             batch_size=BATCH,
             log_every=10,
@@ -135,7 +156,7 @@ def run_lightning(steps: int, folder: Path) -> float:
 
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             inputs, targets = batch
-            return functional.cross_entropy(self.net(inputs), targets)
+            return stamped_loss(self.net(inputs), targets)
 
         def configure_optimizers(self) -> torch.optim.Optimizer:
             return make_optimizer(self.net)
@@ -159,76 +180,73 @@ def run_lightning(steps: int, folder: Path) -> float:
     return time.perf_counter() - started
 
 
-def timed(runner: Any, steps: int, folder: Path, threads: int) -> tuple[float, float]:
-    """``runner``'s wall seconds (as it measures them) and this process's CPU seconds."""
+def run_with_threads(runner: Any, steps: int, folder: Path, threads: int) -> float:
     torch.set_num_threads(threads)  # the same pool for every variant, whatever ran before
+    return runner(steps, folder)
+
+
+def timed(runner: Any, steps: int, folder: Path, threads: int) -> dict[str, float]:
+    """One run's end-to-end wall and CPU seconds, and its seconds per step in the loop."""
+    _stamps.clear()
     cpu_started = time.process_time()
-    wall_s = runner(steps, folder)
-    return wall_s, time.process_time() - cpu_started
+    wall_s = run_with_threads(runner, steps, folder, threads)
+    cpu_s = time.process_time() - cpu_started
+    kept = _stamps[WARMUP_STEPS:]
+    walls = [wall for wall, _ in kept]
+    blocks = [
+        (walls[i + BLOCK_STEPS] - walls[i]) / BLOCK_STEPS
+        for i in range(0, len(walls) - BLOCK_STEPS, BLOCK_STEPS)
+    ]
+    loop_s = (_stamps[-1][0] - _stamps[0][0]) * len(_stamps) / (len(_stamps) - 1)
+    return {
+        "wall_s": wall_s,
+        "cpu_s": cpu_s,
+        "fixed_s": wall_s - loop_s,  # set-up before the first step and the final save
+        "step_s": statistics.median(blocks),
+        "step_cpu_s": (kept[-1][1] - kept[0][1]) / (len(kept) - 1),
+    }
 
 
 def overhead(steps: int, repeats: int, threads: int) -> dict[str, dict[str, Any]]:
-    """End-to-end time at ``steps`` and at ``steps // 4``; the difference gives the cost of
-    a step in the loop (steady state) apart from fixed start-up and final-save costs."""
+    """Every variant once per round, the order rotating; each against the same round's raw run."""
     runners = {"raw": run_raw, "kilowatt": run_kilowatt, "lightning": run_lightning}
     names = list(runners)
-    short = max(1, steps // 4)
-    times: dict[str, dict[str, list[float]]] = {
-        name: {"long": [], "short": [], "long_cpu": [], "short_cpu": []} for name in runners
-    }
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in runners}
     with tempfile.TemporaryDirectory(prefix="kw-bench-train-") as scratch:
         os.environ["KILOWATT_HOME"] = str(Path(scratch) / "home")
         for runner in runners.values():  # warm-up: imports, allocator, thread pools
-            timed(runner, min(steps, 20), Path(scratch), threads)
+            run_with_threads(runner, WARMUP_STEPS, Path(scratch), threads)
         for repeat in range(repeats):
             order = names[repeat % len(names) :] + names[: repeat % len(names)]
-            for kind, count in (("long", steps), ("short", short)):
-                for name in order:
-                    wall_s, cpu_s = timed(runners[name], count, Path(scratch), threads)
-                    times[name][kind].append(wall_s)
-                    times[name][f"{kind}_cpu"].append(cpu_s)
-    return {name: _row(times[name], times["raw"], steps, short) for name in runners}
+            for name in order:
+                runs[name].append(timed(runners[name], steps, Path(scratch), threads))
+    return {name: _row(runs[name], runs["raw"], steps) for name in runners}
 
 
-def _row(
-    own: dict[str, list[float]], raw: dict[str, list[float]], steps: int, short: int
-) -> dict[str, Any]:
-    total_s, small_s = statistics.median(own["long"]), statistics.median(own["short"])
-    step_s = (total_s - small_s) / (steps - short)
+def _row(own: list[dict[str, float]], raw: list[dict[str, float]], steps: int) -> dict[str, Any]:
+    total_s = statistics.median(run["wall_s"] for run in own)
     row: dict[str, Any] = {
         "median_s": total_s,
         "steps_per_s": steps / total_s,
-        "loop_steps_per_s": 1.0 / step_s,
-        "fixed_s": small_s - short * step_s,
-        "runs_s": own["long"],
-        "short_runs_s": own["short"],
-        "cpu_runs_s": own["long_cpu"],
-        "cpu_short_runs_s": own["short_cpu"],
+        "step_ms": statistics.median(run["step_s"] for run in own) * 1e3,
+        "fixed_s": statistics.median(run["fixed_s"] for run in own),
+        "runs": own,
     }
-    # Ratios are taken within each repeat (runs seconds apart), then the median: on a
-    # shared machine the load drifts between repeats far more than within one.
-    for prefix, key in (("", "long"), ("cpu_", "long_cpu")):
-        ratios = [a / b - 1.0 for a, b in zip(own[key], raw[key], strict=True)]
-        row[f"{prefix}overhead_vs_raw"] = statistics.median(ratios)
-        row[f"{prefix}overhead_vs_raw_spread"] = _spread(ratios)
-    for prefix, suffix in (("", ""), ("cpu_", "_cpu")):
-        pairs = zip(
-            own["long" + suffix],
-            own["short" + suffix],
-            raw["long" + suffix],
-            raw["short" + suffix],
-            strict=True,
-        )
-        slopes = [((la - sa) / (lb - sb), (la - sa) - (lb - sb)) for la, sa, lb, sb in pairs]
-        row[f"{prefix}loop_overhead_vs_raw"] = statistics.median(r - 1.0 for r, _ in slopes)
-        extra_us = [d / (steps - short) * 1e6 for _, d in slopes]
-        row[f"{prefix}loop_overhead_us_per_step"] = statistics.median(extra_us)
-        row[f"{prefix}loop_overhead_us_per_step_spread"] = _spread(extra_us)
+    pairs = list(zip(own, raw, strict=True))
+    for key, name in (("wall_s", "overhead_vs_raw"), ("cpu_s", "cpu_overhead_vs_raw")):
+        ratios = [mine[key] / base[key] - 1.0 for mine, base in pairs]
+        row[name], row[f"{name}_spread"] = statistics.median(ratios), _spread(ratios)
+    for key, name in (
+        ("step_s", "loop_overhead_us_per_step"),
+        ("step_cpu_s", "cpu_loop_overhead_us_per_step"),
+    ):
+        extra_us = [(mine[key] - base[key]) * 1e6 for mine, base in pairs]
+        row[name], row[f"{name}_spread"] = statistics.median(extra_us), _spread(extra_us)
     return row
 
 
 def _spread(values: list[float]) -> dict[str, float]:
-    """Min, median and max over the repeats: one figure hides how far runs disagree."""
+    """Min, median and max over the rounds: one figure hides how far runs disagree."""
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
@@ -244,11 +262,11 @@ def python_calls_per_step(steps: int, threads: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="kw-bench-calls-") as scratch:
         os.environ["KILOWATT_HOME"] = str(Path(scratch) / "home")
         for name, runner in runners.items():
-            timed(runner, short, Path(scratch), threads)  # first-use costs (store set-up)
+            run_with_threads(runner, short, Path(scratch), threads)  # first-use costs
             totals = []
             for count in (short, long):
                 profiler = cProfile.Profile()
-                profiler.runcall(timed, runner, count, Path(scratch), threads)
+                profiler.runcall(run_with_threads, runner, count, Path(scratch), threads)
                 totals.append(pstats.Stats(profiler).total_calls)  # type: ignore[attr-defined]
             calls[name] = (totals[1] - totals[0]) / (long - short)
     return calls
@@ -305,42 +323,50 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # its per-fit banners
     threads = max(1, args.threads)
 
+    if args.steps < WARMUP_STEPS + 2 * BLOCK_STEPS:
+        parser.error(f"--steps must be at least {WARMUP_STEPS + 2 * BLOCK_STEPS}")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+
     loops = overhead(args.steps, args.repeats, threads)
     print(
         f"\ntraining overhead: {args.steps} steps, batch {BATCH}, {threads} torch thread(s), "
-        f"median of {args.repeats}"
+        f"{args.repeats} interleaved round(s), median over rounds"
     )
-    print("end to end = model build to final save; loop = per-step cost from the slope;")
-    print("'vs raw' = median over repeats of the ratio to the raw run of the same repeat;")
-    print("'cpu' = the same figures on this process's CPU seconds instead of wall seconds;")
-    print("'+us/step' = median over repeats of the extra microseconds per step in the loop")
+    print("e2e = model build to final save; 'vs raw' = against the raw run of the same round;")
+    print("ms/step = wall per step in the loop (median 10-step block after a 20-step warm-up);")
+    print("+us/step = extra per step over raw, wall; cpu = the same on this process's CPU time")
     print(
         f"{'loop':<10} {'e2e (s)':>8} {'steps/s':>8} {'vs raw':>7} {'cpu':>7} "
-        f"{'loop steps/s':>13} {'vs raw':>7} {'cpu':>7} {'+us/step':>8} {'cpu':>6} "
-        f"{'fixed (s)':>10}"
+        f"{'ms/step':>8} {'+us/step':>9} {'cpu':>7} {'fixed (s)':>10}"
     )
     for name, row in loops.items():
         print(
             f"{name:<10} {row['median_s']:>8.3f} {row['steps_per_s']:>8.1f} "
             f"{row['overhead_vs_raw']:>+7.1%} {row['cpu_overhead_vs_raw']:>+7.1%} "
-            f"{row['loop_steps_per_s']:>13.1f} {row['loop_overhead_vs_raw']:>+7.1%} "
-            f"{row['cpu_loop_overhead_vs_raw']:>+7.1%} "
-            f"{row['loop_overhead_us_per_step']:>+8.0f} "
-            f"{row['cpu_loop_overhead_us_per_step']:>+6.0f} {row['fixed_s']:>10.3f}"
+            f"{row['step_ms']:>8.3f} {row['loop_overhead_us_per_step']:>+9.0f} "
+            f"{row['cpu_loop_overhead_us_per_step']:>+7.0f} {row['fixed_s']:>10.3f}"
         )
 
-    print("\nspread over the repeats (min / median / max)")
-    print(f"{'loop':<10} {'e2e vs raw':>26} {'+us/step in the loop':>26}")
+    print("\nspread over the rounds (min / median / max)")
+    print(f"{'loop':<10} {'e2e vs raw':>26} {'+us/step, wall':>26} {'+us/step, cpu':>26}")
     for name, row in loops.items():
-        e2e, extra = row["overhead_vs_raw_spread"], row["loop_overhead_us_per_step_spread"]
+        if name == "raw":
+            continue
+        e2e = row["overhead_vs_raw_spread"]
+        wall, cpu = (
+            row["loop_overhead_us_per_step_spread"],
+            row["cpu_loop_overhead_us_per_step_spread"],
+        )
         print(
             f"{name:<10} {e2e['min']:>+8.1%} {e2e['median']:>+8.1%} {e2e['max']:>+8.1%} "
-            f"{extra['min']:>+8.0f} {extra['median']:>+8.0f} {extra['max']:>+8.0f}"
+            + " ".join(
+                f"{d['min']:>+8.0f} {d['median']:>+8.0f} {d['max']:>+8.0f}" for d in (wall, cpu)
+            )
         )
-    step_ms = 1e3 / loops["raw"]["loop_steps_per_s"]
     print(
         f"targets: kilowatt +us/step <= 50 (median), end to end within 2% at a "
-        f"{step_ms:.1f} ms step"
+        f"{loops['raw']['step_ms']:.1f} ms step"
     )
 
     calls = python_calls_per_step(args.steps, threads)

@@ -10,23 +10,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
+
+from kilowatt.serve.process import ServerProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -96,41 +92,11 @@ def _train(name: str, lr: float) -> str:
         return run.id
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
-def dashboard_url() -> Iterator[str]:
-    """``kilowatt ui`` on a free local port, over the store of this test's KILOWATT_HOME."""
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "kilowatt.cli.main", "ui", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(f"{url}/api/v1/health", process)
-        yield url
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=30)
-
-
-def _wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
-    pause = threading.Event()
-    for _ in range(600):  # 600 probes, 0.1 s apart; a refused connect returns at once
-        if process.poll() is not None:
-            raise AssertionError(f"kilowatt ui exited with {process.returncode}")
-        try:
-            httpx.get(url, timeout=1.0).raise_for_status()
-            return
-        except httpx.TransportError:
-            pause.wait(0.1)
-    raise AssertionError(f"{url} never answered")
+def dashboard_url(tmp_path: Path) -> Iterator[str]:
+    """``kilowatt ui`` on the port it binds itself, over this test's KILOWATT_HOME."""
+    with ServerProcess([], program="ui", log_path=tmp_path / "ui.log") as server:
+        yield server.endpoint
 
 
 @pytest.fixture

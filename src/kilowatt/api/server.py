@@ -2,17 +2,20 @@
 
 With no token in the store the API is open to local callers, so it may bind only a
 loopback address; binding any other address requires a token (and then every request
-must carry one).
+must carry one). The socket is bound before uvicorn starts (port 0: a free port) and its
+address announced (``kilowatt ui: listening on URL``), as ``kilowatt serve`` does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kilowatt.api.auth import is_loopback
 from kilowatt.errors import SpecError
+from kilowatt.ports import announce, bound_url, listen
 
 __all__ = ["BindDecision", "check_bind", "run_server"]
 
@@ -55,8 +58,17 @@ def run_server(
     *,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    on_listening: Callable[[str], None] | None = None,
 ) -> None:
-    """Run ``app`` with uvicorn until interrupted (HTTPS when a cert and key are given)."""
+    """Run ``app`` with uvicorn until interrupted (HTTPS when a cert and key are given).
+
+    ``port`` 0 binds a free port; the bound URL is announced on stderr and passed to
+    ``on_listening``.
+
+    Raises:
+        SpecError: a TLS file is missing, or only one of the pair is given.
+        ServeError: the address cannot be bound.
+    """
     import uvicorn
 
     if (tls_cert is None) != (tls_key is None):
@@ -64,11 +76,15 @@ def run_server(
     for path in (tls_cert, tls_key):
         if path is not None and not path.is_file():
             raise SpecError(f"TLS file {path} does not exist; check the path")
-    uvicorn.run(
+    listener = listen(host, port)
+    url = bound_url(listener, host, "https" if tls_cert else "http")
+    announce("ui", url)
+    if on_listening is not None:
+        on_listening(url)
+    config = uvicorn.Config(
         app,
-        host=host,
-        port=port,
         ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None,
         log_level="warning",
     )
+    uvicorn.Server(config).run(sockets=[listener])

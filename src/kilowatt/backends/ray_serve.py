@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from kilowatt.ports import reserve_port
 from kilowatt.spec import ServeSpec
 
 __all__ = ["DEPLOYMENT_NAME", "RayDeployment", "deploy", "replica_count"]
@@ -160,13 +161,13 @@ def deploy(spec: ServeSpec, *, workdir: str, name: str | None = None) -> RayDepl
 
     options = spec.backend.ray
     app_name = name or spec.models[0].name
-    port = spec.port or _free_port(spec.host)  # the proxy cannot bind port 0 itself
+    port = spec.port or reserve_port(spec.host)  # the proxy cannot bind port 0 itself
     grpc_port = None
     options_by_kind: dict[str, Any] = {"http_options": {"host": spec.host, "port": port}}
     if spec.grpc_port is not None:
         from ray.serve.config import gRPCOptions
 
-        grpc_port = spec.grpc_port or _free_port(spec.host)
+        grpc_port = spec.grpc_port or reserve_port(spec.host)
         options_by_kind["grpc_options"] = gRPCOptions(
             port=grpc_port, grpc_servicer_functions=[_ADD_SERVICER]
         )
@@ -203,14 +204,6 @@ def _actor_options(cpus: float, gpus: float) -> dict[str, float]:
     if gpus > 0:
         options["num_gpus"] = gpus
     return options
-
-
-def _free_port(host: str) -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 def _proxy_port(requested: int) -> int:

@@ -160,7 +160,9 @@ def _register_serve(app: typer.Typer) -> None:
         factory: str | None = typer.Option(None, help="module:function for a state dict"),
         input_shape: str | None = typer.Option(None, help="shape of one sample, e.g. 3,32,32"),
         admin: bool = typer.Option(False, help="expose model repository routes (hot reload)"),
-        grpc_port: int | None = typer.Option(None, help="also serve OIP over gRPC on this port"),
+        grpc_port: int | None = typer.Option(
+            None, help="also serve OIP over gRPC on this port (0 picks a free one)"
+        ),
         tls_cert: Path | None = typer.Option(
             None, help="PEM certificate: serve HTTPS and gRPC+TLS"
         ),

@@ -36,11 +36,15 @@ def ui(
     store = open_store(settings)
     decision = check_bind(host, has_tokens=store.has_active_tokens())
     app = create_app(settings, store, auth_required=decision.auth_required)
-    scheme = "https" if tls_cert else "http"
-    shown = f"[{host}]" if ":" in host else host
     typer.echo(decision.notice)
-    typer.echo(f"kilowatt dashboard: {scheme}://{shown}:{port}/  (API docs at /docs)", err=False)
-    run_server(app, host, port, tls_cert=tls_cert, tls_key=tls_key)
+    run_server(
+        app,
+        host,
+        port,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        on_listening=lambda url: typer.echo(f"kilowatt dashboard: {url}/  (API docs at /docs)"),
+    )
 
 
 def _when(epoch_s: float | None) -> str:

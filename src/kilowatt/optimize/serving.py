@@ -18,10 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kilowatt.errors import ServeError
 from kilowatt.spec import ServeSpec
 
 __all__ = ["ConfigResult", "SweepResult", "measure_config", "oip_body", "tune_serving"]
@@ -96,12 +91,6 @@ def oip_body(sample: Any, name: str = "input") -> bytes:
     return json.dumps({"inputs": [tensor]}).encode()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _tree_cpu_s(pid: int) -> float:
     """CPU seconds of a process and its live descendants (the server's workers)."""
     import psutil
@@ -117,41 +106,17 @@ def _tree_cpu_s(pid: int) -> float:
 
 @contextlib.contextmanager
 def _serving(spec: ServeSpec, folder: Path) -> Iterator[tuple[str, int]]:
-    """``kilowatt serve --spec`` as a child in its own process group; yields (URL, pid)."""
-    import httpx
+    """``kilowatt serve --spec`` as a child in its own process group, on the port it binds
+    itself; yields (URL, pid)."""
+    from kilowatt.serve.process import ServerProcess
 
-    spec = spec.model_copy(update={"port": _free_port(), "host": "127.0.0.1"})
+    spec = spec.model_copy(update={"port": 0, "host": "127.0.0.1"})
     spec_file = folder / "serve.json"
     spec_file.write_text(spec.model_dump_json())
-    log = (folder / "serve.log").open("wb")
-    entry = "import sys; from kilowatt.cli.main import main; sys.exit(main())"
-    process = subprocess.Popen(
-        [sys.executable, "-c", entry, "serve", "--spec", str(spec_file)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{spec.port}"
-    try:
-        deadline = time.monotonic() + _READY_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                tail = (folder / "serve.log").read_text(errors="replace")[-2000:]
-                raise ServeError(f"kilowatt serve exited before it was ready:\n{tail}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/v2/health/ready", timeout=2.0).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise ServeError(f"kilowatt serve was not ready after {_READY_TIMEOUT_S:.0f} s")
-            time.sleep(0.1)
-        yield url, process.pid
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
+    with ServerProcess(
+        ["--spec", str(spec_file)], log_path=folder / "serve.log", ready_timeout_s=_READY_TIMEOUT_S
+    ) as server:
+        yield server.endpoint, server.pid
 
 
 def measure_config(

@@ -27,6 +27,7 @@ from fastapi.responses import Response
 
 import kilowatt
 from kilowatt.errors import KilowattError, Overloaded
+from kilowatt.ports import announce
 from kilowatt.serve.errors import BodyTooLarge, InvalidInput, UnknownModel, status_of
 from kilowatt.serve.fleet import Fleet
 from kilowatt.serve.protocol import (
@@ -37,8 +38,16 @@ from kilowatt.serve.protocol import (
     encode_predict,
 )
 from kilowatt.serve.server import InferenceServer
+from kilowatt.spec.serve import ServeSpec
 
-__all__ = ["DEADLINE_HEADER", "ROUTING_KEY_HEADER", "WORKER_HEADER", "ServeApp", "create_app"]
+__all__ = [
+    "DEADLINE_HEADER",
+    "ROUTING_KEY_HEADER",
+    "WORKER_HEADER",
+    "ServeApp",
+    "create_app",
+    "grpc_url",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -266,6 +275,7 @@ async def _lifespan(api: FastAPI) -> AsyncIterator[None]:
     if fleet is not None:
         await fleet.start()  # replays the repository changes made before this worker started
     grpc_endpoint = await _start_grpc(server)
+    api.state.grpc_endpoint = grpc_endpoint  # its bound port, for whoever runs the app in-process
     try:
         yield
     finally:
@@ -286,8 +296,16 @@ async def _start_grpc(server: InferenceServer) -> Any:
 
     tls = read_tls_pair(spec.tls_cert, spec.tls_key) if spec.tls_cert and spec.tls_key else None
     endpoint = GrpcEndpoint(server, spec.host, spec.grpc_port, tls, spec.max_body_bytes)
-    await endpoint.start()
+    port = await endpoint.start()
+    if spec.grpc_port == 0:  # bound here: say which port (several workers get it from run)
+        announce("serve", grpc_url(spec, port))
     return endpoint
+
+
+def grpc_url(spec: ServeSpec, port: int) -> str:
+    """Where the gRPC endpoint of ``spec`` answers on ``port`` (``grpcs`` with TLS)."""
+    host = f"[{spec.host}]" if ":" in spec.host else spec.host
+    return f"{'grpcs' if spec.tls_cert else 'grpc'}://{host}:{port}"
 
 
 def _build_api(front: ServeApp, admin: bool) -> FastAPI:

@@ -1,11 +1,14 @@
-"""``kilowatt serve`` as a child process: started, ready, and always stopped.
+"""``kilowatt serve`` or ``kilowatt ui`` as a child process: started, ready, always stopped.
 
-The one way the quickstart, the serving benchmark and the tests run a server process. The
-server picks its own port (``--port 0``: it binds port 0 and announces the address it got),
-so no free port is guessed before the server binds it:
+The one way the quickstart, the benchmarks and the tests run a kilowatt server process. The
+server picks its own port (``--port 0``: it binds port 0 and announces the address it got,
+see ``kilowatt.ports``), so no free port is guessed before the server binds it:
 
     >>> with ServerProcess(["mlp.pt", "--name", "mlp"], log_path=Path("serve.log")) as server:
     ...     httpx.post(f"{server.endpoint}/predict", json={"inputs": [0.0] * 16})
+    ... # doctest: +SKIP
+    >>> with ServerProcess([], program="ui", log_path=Path("ui.log")) as dashboard:
+    ...     httpx.get(f"{dashboard.endpoint}/api/v1/runs")
     ... # doctest: +SKIP
 
 The server runs in its own process group, so a Ctrl-C in the terminal reaches only the
@@ -26,10 +29,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from kilowatt.errors import ServeError
-from kilowatt.serve.runner import LISTENING
+from kilowatt.ports import listening_prefix
 from kilowatt.signals import handling_signals
 
-__all__ = ["ServerProcess", "kilowatt_command"]
+__all__ = ["READY_PATHS", "ServerProcess", "kilowatt_command"]
+
+#: The kilowatt servers a ``ServerProcess`` can run, and the path that answers 200 once ready.
+READY_PATHS = {"serve": "/v2/health/ready", "ui": "/api/v1/health"}
 
 
 def kilowatt_command() -> list[str]:
@@ -42,15 +48,16 @@ def kilowatt_command() -> list[str]:
 
 
 class ServerProcess:
-    """``kilowatt serve ARGS --port 0`` as a child process in its own process group.
+    """``kilowatt PROGRAM ARGS --port 0`` as a child process in its own process group.
 
     Use as a context manager: entering starts the server and waits until its readiness
     probe answers 200; leaving the block (normally, by an exception or by Ctrl-C) stops it
     and waits for it.
 
     Args:
-        args: ``kilowatt serve`` arguments (models and options; not ``--port``).
+        args: the program's arguments (models and options; not ``--port``).
         log_path: where the server's output goes (shown when it fails to start).
+        program: ``serve`` (the inference server) or ``ui`` (the control plane).
         env: extra environment variables for the server.
         on_start: called with ``(pid, endpoint)`` once the server has bound its port.
         ready_timeout_s: how long the models may take to load.
@@ -64,13 +71,17 @@ class ServerProcess:
         args: Sequence[str],
         *,
         log_path: Path,
+        program: str = "serve",
         env: Mapping[str, str] | None = None,
         on_start: Callable[[int, str], None] | None = None,
         ready_timeout_s: float = 120.0,
         drain_timeout_s: float = 30.0,
         verify: ssl.SSLContext | bool = True,
     ) -> None:
+        if program not in READY_PATHS:
+            raise ValueError(f"program must be one of {sorted(READY_PATHS)}, got {program!r}")
         self.args = list(args)
+        self.program = program
         self.log_path = log_path
         self.env = dict(env or {})
         self.on_start = on_start
@@ -88,7 +99,7 @@ class ServerProcess:
         return self.process.pid if self.process is not None else 0
 
     def __enter__(self) -> ServerProcess:
-        command = [*kilowatt_command(), "serve", *self.args, "--port", "0"]
+        command = [*kilowatt_command(), self.program, *self.args, "--port", "0"]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             # A new session: Ctrl-C in the terminal does not reach the server directly;
@@ -128,7 +139,9 @@ class ServerProcess:
             if self.endpoint:
                 try:
                     probe = httpx.get(
-                        f"{self.endpoint}/v2/health/ready", timeout=2.0, verify=self.verify
+                        f"{self.endpoint}{READY_PATHS[self.program]}",
+                        timeout=2.0,
+                        verify=self.verify,
                     )
                     if probe.status_code == 200:
                         return
@@ -136,23 +149,33 @@ class ServerProcess:
                     pass  # not accepting yet
             if time.monotonic() > deadline:
                 raise ServeError(
-                    f"kilowatt serve {' '.join(self.args)} was not ready after "
+                    f"{self._name()} was not ready after "
                     f"{self.ready_timeout_s:.0f} s; its output:\n{self._tail()}"
                 )
             time.sleep(0.05)  # polling the server's own announcement and readiness probe
 
+    @property
+    def grpc_endpoint(self) -> str:
+        """``grpc(s)://host:port``, as the server announced it (``--grpc-port 0``), or ""."""
+        return next((url for url in self._announced() if url.startswith("grpc")), "")
+
     def _read_endpoint(self) -> bool:
-        for line in self.output().splitlines():
-            if line.startswith(LISTENING):
-                self.endpoint = line.removeprefix(LISTENING).strip()
-                return True
-        return False
+        self.endpoint = next((url for url in self._announced() if url.startswith("http")), "")
+        return bool(self.endpoint)
+
+    def _announced(self) -> list[str]:
+        prefix = listening_prefix(self.program)
+        lines = self.output().splitlines()
+        return [line.removeprefix(prefix).strip() for line in lines if line.startswith(prefix)]
+
+    def _name(self) -> str:
+        return " ".join(["kilowatt", self.program, *self.args])
 
     def _check_running(self) -> None:
         assert self.process is not None
         if self.process.poll() is not None:
             raise ServeError(
-                f"kilowatt serve {' '.join(self.args)} exited with code "
+                f"{self._name()} exited with code "
                 f"{self.process.returncode} before it was ready; its output:\n{self._tail()}"
             )
 

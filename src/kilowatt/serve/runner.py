@@ -10,25 +10,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
-import sys
 import tempfile
 import threading
 from collections.abc import Sequence
 from typing import Any
 
-from kilowatt.errors import MeterUnavailable, ServeError, SpecError
-from kilowatt.serve.app import ServeApp, create_app
+from kilowatt.errors import MeterUnavailable, SpecError
+from kilowatt.ports import announce, bound_url, hold_shared_port, listen
+from kilowatt.serve.app import ServeApp, create_app, grpc_url
 from kilowatt.serve.fleet import FLEET_ENV, Fleet
 from kilowatt.serve.metrics import ServeMetrics
 from kilowatt.serve.server import DeploymentEvent, InferenceServer, ServeCallback
 from kilowatt.spec.serve import ServeSpec
 
-__all__ = ["LISTENING", "SPEC_ENV", "run", "threads_per_worker", "worker_app"]
+__all__ = ["SPEC_ENV", "run", "threads_per_worker", "worker_app"]
 
 SPEC_ENV = "KILOWATT_SERVE_SPEC"
-#: Starts the line on stderr that gives the bound address: ``kilowatt serve: listening on URL``.
-LISTENING = "kilowatt serve: listening on"
 _ADMIN_ENV = "KILOWATT_SERVE_ADMIN"
 
 _log = logging.getLogger(__name__)
@@ -150,7 +147,8 @@ def run(
     """Serve until SIGTERM or Ctrl-C, then drain: stop accepting, finish in-flight, exit.
 
     The socket is bound here, before uvicorn starts: port 0 becomes a free port, and the
-    address is announced on stderr (``LISTENING`` and the URL) and to the callbacks'
+    address is announced on stderr (``kilowatt serve: listening on URL``, see
+    ``kilowatt.ports``) and to the callbacks'
     ``on_listening``, so whoever started the server learns its port from the server.
 
     Args:
@@ -171,9 +169,8 @@ def run(
 
         read_tls_pair(spec.tls_cert, spec.tls_key)  # a missing file is a clear error, at once
     options = _uvicorn_options(spec)
-    listener = _listen(spec.host, spec.port)
-    scheme = "https" if spec.tls_cert else "http"
-    _announce(f"{scheme}://{spec.host}:{listener.getsockname()[1]}", callbacks)
+    listener = listen(spec.host, spec.port)
+    _announce(bound_url(listener, spec.host, "https" if spec.tls_cert else "http"), callbacks)
     if spec.workers == 1:
         _set_threads(threads_per_worker(spec))
         server = server or InferenceServer(
@@ -187,7 +184,12 @@ def run(
     with (
         tempfile.TemporaryDirectory(prefix="kilowatt-metrics-") as metrics_dir,
         tempfile.TemporaryDirectory(prefix="kilowatt-fleet-") as fleet_dir,
+        contextlib.ExitStack() as held,
     ):
+        if spec.grpc_port == 0:  # every worker binds the one port this process holds
+            shared = held.enter_context(hold_shared_port(spec.host))
+            spec = spec.model_copy(update={"grpc_port": shared.getsockname()[1]})
+            announce("serve", grpc_url(spec, spec.grpc_port))
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         os.environ[FLEET_ENV] = fleet_dir
         os.environ[SPEC_ENV] = spec.model_dump_json()
@@ -201,24 +203,8 @@ def run(
         Multiprocess(config, sockets=[listener]).run()  # the workers share the socket
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        listener.bind((host, port))
-    except OSError as exc:
-        listener.close()
-        raise ServeError(
-            f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port, "
-            "or 0 for a free one"
-        ) from None
-    listener.set_inheritable(True)  # worker processes serve on the same socket
-    return listener
-
-
 def _announce(url: str, callbacks: Sequence[ServeCallback]) -> None:
-    print(f"{LISTENING} {url}", file=sys.stderr, flush=True)
+    announce("serve", url)
     for callback in callbacks:
         hook = getattr(callback, "on_listening", None)
         if hook is not None:

@@ -134,7 +134,8 @@ class ServeSpec(Spec):
         drain_timeout_s: on SIGTERM, how long in-flight requests may take to finish.
         backend: where it runs (``local`` or ``ray``, with Ray Serve autoscaling options).
         grpc_port: also serve the Open Inference Protocol over gRPC on this port (0 picks
-            a free one), from the same engines as HTTP; ``None`` serves HTTP only.
+            a free one, announced on stderr like the HTTP one), from the same engines as
+            HTTP; ``None`` serves HTTP only.
         tls_cert: PEM certificate chain; with ``tls_key``, HTTP and gRPC are served over TLS.
         tls_key: PEM private key of ``tls_cert``.
     """
@@ -160,8 +161,6 @@ class ServeSpec(Spec):
             raise ValueError(
                 "TLS needs both tls_cert and tls_key (PEM files); give both or neither"
             )
-        if self.grpc_port == 0 and self.workers > 1:
-            raise ValueError("workers share one gRPC port: give grpc_port a number, not 0")
         return self
 
     @model_validator(mode="after")

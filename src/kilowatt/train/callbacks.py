@@ -78,11 +78,13 @@ class StepEvent:
 
     def metrics(self) -> dict[str, float]:
         """The numeric figures by name, for a tracker."""
-        # Plain attribute reads: ``asdict`` deep-copies every value, a cost paid on every
-        # logged step for nothing on a flat record of numbers.
-        skip = ("step", "data")
-        named = ((f.name, getattr(self, f.name)) for f in fields(self) if f.name not in skip)
+        # Plain reads of the fixed figure names: ``asdict`` deep-copies every value, and
+        # listing the fields again would be paid on every logged step for nothing.
+        named = ((name, getattr(self, name)) for name in _STEP_FIGURES)
         return {name: value for name, value in named if value is not None} | self.data
+
+
+_STEP_FIGURES = tuple(f.name for f in fields(StepEvent) if f.name not in ("step", "data"))
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 ``spawn_workers`` starts ``workers`` processes, each joining a process group (gloo on CPU,
 NCCL on GPU) and running ``Trainer.fit_rank``; rank 0's result comes back to the caller.
+The rendezvous store is served by the parent on a port it binds itself (port 0, then read
+back), so no free port is guessed; the workers join it as clients.
 A SIGTERM/SIGINT to the parent is passed on to the workers, which agree on a step,
 checkpoint and stop together.
 """
@@ -10,7 +12,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -27,14 +28,15 @@ if TYPE_CHECKING:
     from kilowatt.train.callbacks import FitResult
     from kilowatt.train.trainer import Trainer
 
-__all__ = ["free_port", "spawn_workers", "worker_main"]
+__all__ = ["rendezvous_store", "spawn_workers", "worker_main"]
+
+RENDEZVOUS_HOST = "127.0.0.1"
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (for the rendezvous)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def rendezvous_store() -> dist.TCPStore:
+    """The workers' rendezvous store, served from this process on a port it binds itself
+    (``.port`` gives it); it must outlive the workers."""
+    return dist.TCPStore(RENDEZVOUS_HOST, 0, is_master=True, wait_for_workers=False)
 
 
 def backend_for(device: str) -> str:
@@ -44,16 +46,12 @@ def backend_for(device: str) -> str:
 
 
 def worker_main(rank: int, world_size: int, port: int, trainer: Trainer, result_path: str) -> None:
-    """One worker: join the group on 127.0.0.1:``port``, train, write rank 0's result."""
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-    )
+    """One worker: join the group through the store at 127.0.0.1:``port``, train, write
+    rank 0's result."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
+    store = dist.TCPStore(RENDEZVOUS_HOST, port, is_master=False)
     backend = backend_for(trainer.options.device)
-    dist.init_process_group(backend, rank=rank, world_size=world_size)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
     try:
         result = trainer.fit_rank()
         if rank == 0:
@@ -69,9 +67,10 @@ def spawn_workers(trainer: Trainer) -> FitResult:
         BackendError: a worker failed (its traceback is in the message).
     """
     world_size = trainer.options.workers
+    store = rendezvous_store()  # held until the workers are done
     with tempfile.TemporaryDirectory(prefix="kilowatt-workers-") as scratch:
         result_path = str(Path(scratch) / "result.pkl")
-        args = (world_size, free_port(), trainer, result_path)
+        args = (world_size, store.port, trainer, result_path)
         try:
             context = mp.start_processes(
                 worker_main, args=args, nprocs=world_size, join=False, start_method="spawn"

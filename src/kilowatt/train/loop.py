@@ -188,25 +188,32 @@ class Loop:
             self.meter.begin_window("fit")
         started_s = log_s = time.perf_counter()
         log_step, log_energy_j = self.step, self._energy_j()
+        # Read once: between two steps the loop does only these compares unless one is due.
+        steps, log_every = self.o.steps, self.o.log_every
+        eval_every = self.o.eval_every if self.t.eval_data is not None else None
         self.model.train()
         try:
             preemption = _Preemption()
             with handling_signals(preemption.handle):
-                while self.step < self.o.steps:
+                while self.step < steps:
                     self._train_step()
-                    if self.step % self.o.log_every == 0 or self.step == self.o.steps:
+                    step = self.step
+                    if step % log_every == 0 or step == steps:
                         now_s, energy_j = time.perf_counter(), self._energy_j()
                         used_j = None if energy_j is None else energy_j - (log_energy_j or 0.0)
-                        self._log(self.step - log_step, now_s - log_s, used_j)
-                        log_s, log_step, log_energy_j = now_s, self.step, energy_j
-                    if self._eval_due():
+                        self._log(step - log_step, now_s - log_s, used_j)
+                        log_s, log_step, log_energy_j = now_s, step, energy_j
+                    if eval_every is not None and (step % eval_every == 0 or step == steps):
                         stopped_early = self._evaluate()
-                    if self._agree(preemption.signum is not None):
+                    signalled = preemption.signum is not None
+                    if self.world_size > 1:  # every rank must stop at the same step
+                        signalled = self._agree(signalled)
+                    if signalled:
                         preempted = True
                         break
                     if stopped_early:
                         break
-                    if interval.due(self.step) and self.step < self.o.steps:
+                    if step < steps and interval.due(step):
                         report = self._save("interval")
                         interval.saved(self.step, report[0], self.checkpoints.last_write_s)
                         stall_s, saves, last_url = stall_s + report[0], saves + 1, report[1]
@@ -295,12 +302,6 @@ class Loop:
 
     # --- evaluation and early stop
 
-    def _eval_due(self) -> bool:
-        every = self.o.eval_every
-        if self.t.eval_data is None or every is None:
-            return False
-        return self.step % every == 0 or self.step == self.o.steps
-
     @torch.no_grad()
     def _evaluate(self) -> bool:
         self.model.eval()
@@ -336,9 +337,7 @@ class Loop:
     # --- checkpoints and preemption
 
     def _agree(self, flag: bool) -> bool:
-        """Whether any rank was signalled; every rank must stop at the same step."""
-        if self.world_size == 1:
-            return flag
+        """Whether any rank was signalled (a collective: every rank calls it each step)."""
         vote = torch.tensor([1.0 if flag else 0.0], device=self.device)
         dist.all_reduce(vote, op=dist.ReduceOp.MAX)
         return bool(vote.item() > 0)

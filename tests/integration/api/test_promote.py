@@ -3,43 +3,14 @@ a pass moves it; the optimize report of a version is readable."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
+import pytest
 from api_live import LiveApi
 
-from kilowatt.optimize import Candidate, Figures, OptimizeReport
 from kilowatt.store import Store
-from kilowatt.store.gates import REPORT_ARTIFACT
 
 
-def _row(name: str, version: str, metric: float, joules: float) -> Candidate:
-    figures = Figures(1 << 20, 1e-4, 2e-4, 1e4, 32, joules, joules * 3, "estimated-cpu-time")
-    return Candidate(name, "t", {}, 1, "measured", metric=metric, figures=figures, version=version)
-
-
-def _seed(store: Store, folder: Path) -> None:
-    """digits:1 in production; digits:2 a good variant, digits:3 a pruned, worse one."""
-    train = store.create_run("train")
-    (folder / "m.pt").write_bytes(b"m")
-    store.log_artifact(train.id, folder / "m.pt")
-    parent = store.register_model("digits", run_id=train.id, artifact="m.pt",
-                                  aliases=["production"])  # fmt: skip
-    run = store.create_run("optimize")
-    store.record_optimization(parent, run.id)
-    for name in ("a.onnx", "b.pt"):
-        (folder / name).write_bytes(name.encode())
-        store.log_artifact(run.id, folder / name)
-        store.register_model("digits", run_id=run.id, artifact=name)
-    rows = [_row("fp32-eager", "digits:1", 0.96, 0.4), _row("onnx", "digits:2", 0.959, 0.1),
-            _row("pruned", "digits:3", 0.5, 0.2)]  # fmt: skip
-    report = OptimizeReport(rows, "accuracy", True, "energy", 0.005, None)
-    (folder / REPORT_ARTIFACT).write_text(json.dumps(report.as_dict()))
-    store.log_artifact(run.id, folder / REPORT_ARTIFACT)
-
-
-def test_promote_over_http(live_api: LiveApi, store: Store, tmp_path: Path) -> None:
-    _seed(store, tmp_path)
+@pytest.mark.usefixtures("optimized_digits")
+def test_promote_over_http(live_api: LiveApi, store: Store) -> None:
     url = "/api/v1/models/digits/aliases/production/promote"
     with live_api.client() as client:
         refused = client.post(url, json={"version": 3})

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import threading
+import ssl
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,6 +20,7 @@ from kilowatt.api import check_bind, create_app
 from kilowatt.api.auth import is_loopback
 from kilowatt.cli.main import main
 from kilowatt.errors import SpecError
+from kilowatt.serve.process import ServerProcess
 from kilowatt.spec import Settings
 from kilowatt.store import Store
 
@@ -147,59 +143,38 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def test_kilowatt_ui_serves_https_and_prints_the_url(tmp_path: Path) -> None:
+def test_kilowatt_ui_binds_its_own_port_serves_https_and_prints_the_url(tmp_path: Path) -> None:
     cert, key = _self_signed(tmp_path)
-    port = _free_port()
-    command = [
-        sys.executable, "-m", "kilowatt.cli.main", "ui", "--port", str(port),
-        "--tls-cert", str(cert), "--tls-key", str(key),
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy()
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(process.stdout or []), daemon=True)
-    reader.start()
-    try:
-        health = _wait_healthy(f"https://127.0.0.1:{port}/api/v1/health", cert, process)
-        page = httpx.get(f"https://127.0.0.1:{port}/", verify=_context(cert))
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=30)
-        reader.join(timeout=10)
-        if process.stdout is not None:
-            process.stdout.close()
+    args = ["--tls-cert", str(cert), "--tls-key", str(key)]
+    with ServerProcess(
+        args, program="ui", log_path=tmp_path / "ui.log", verify=_context(cert)
+    ) as server:
+        listening = _listening_ports(server.pid)
+        health = httpx.get(f"{server.endpoint}/api/v1/health", verify=_context(cert)).json()
+        page = httpx.get(f"{server.endpoint}/", verify=_context(cert))
+    # Started with --port 0: the announced address is a real port the server itself bound.
+    port = int(server.endpoint.rsplit(":", 1)[1])
+    assert server.endpoint == f"https://127.0.0.1:{port}" and port != 0
+    assert port in listening
     assert health == {"status": "ok", "auth": "local"}
     assert "uPlot.iife.min.js" in page.text
-    output = "".join(lines)
+    output = server.output()
     assert f"kilowatt dashboard: https://127.0.0.1:{port}/" in output
     assert "no API token configured: serving local callers on 127.0.0.1 only" in output
+    assert server.describe_exit() == "drained and exited on SIGTERM"
 
 
-def _context(cert: Path) -> object:
-    import ssl
+def _listening_ports(pid: int) -> set[int]:
+    import psutil
 
+    connections = psutil.Process(pid).net_connections(kind="tcp")
+    return {c.laddr.port for c in connections if c.status == psutil.CONN_LISTEN}
+
+
+def _context(cert: Path) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(cert))
     context.check_hostname = False  # the certificate names an IP, not a host name
     return context
-
-
-def _wait_healthy(url: str, cert: Path, process: subprocess.Popen[str]) -> object:
-    deadline = 600  # 600 x 0.1 s probes; each failed connect returns at once
-    for _ in range(deadline):
-        if process.poll() is not None:
-            raise AssertionError(f"kilowatt ui exited with {process.returncode}")
-        try:
-            return httpx.get(url, verify=_context(cert), timeout=1.0).json()
-        except httpx.TransportError:
-            threading.Event().wait(0.1)
-    raise AssertionError(f"{url} never answered")
 
 
 def test_docs_and_dashboard_load_nothing_from_a_cdn(live_api: LiveApi) -> None:

@@ -3,6 +3,7 @@ PostgreSQL; damaged, interrupted or foreign backups are refused and leave the ho
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -16,6 +17,8 @@ import pytest
 import sqlalchemy as sa
 
 from kilowatt.cli.main import main
+from kilowatt.errors import BackupError
+from kilowatt.ops.database import scratch_postgres
 from kilowatt.ops.repository import BackupRepository
 from kilowatt.spec import Settings
 from kilowatt.store import Store, open_store, register_model, start_run
@@ -421,20 +424,12 @@ def test_the_audit_key_stays_out_of_a_backup_unless_asked_for(
 @pytest.fixture
 def pg_database_url() -> Iterator[str]:
     """A fresh PostgreSQL database, dropped afterwards (pg_dump copies whole databases)."""
-    name = f"kw_backup_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f"CREATE DATABASE {name}")
-    except sa.exc.OperationalError as error:
-        admin.dispose()
-        _unavailable(error)
-    try:
-        yield sa.make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.dispose()
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(scratch_postgres(PG_URL))
+        except BackupError as error:
+            _unavailable(error)
+        yield url
 
 
 @pytest.fixture

@@ -8,9 +8,7 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -24,6 +22,8 @@ import pytest
 
 from kilowatt.bench.loadgen import LoadSpec, default_body, run_scenarios
 from kilowatt.cli.main import main
+from kilowatt.ports import reserve_port
+from kilowatt.serve.process import ServerProcess
 from kilowatt.store import open_store
 
 PROMETHEUS = shutil.which("prometheus")
@@ -35,12 +35,6 @@ pytestmark = [
     ),
 ]
 FEATURES = 16
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _until(what: str, check: Callable[[], Any], timeout_s: float = 90.0) -> Any:
@@ -56,7 +50,8 @@ def _until(what: str, check: Callable[[], Any], timeout_s: float = 90.0) -> Any:
 
 @contextmanager
 def _process(command: list[str], ready_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Start ``command``, wait until ``ready_url`` answers 200, stop it by its PID."""
+    """Start ``command`` (Prometheus), wait until ``ready_url`` answers 200, stop it by its
+    PID. kilowatt's own servers run through ``ServerProcess`` instead."""
     with log.open("wb") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
     try:
@@ -120,12 +115,12 @@ def test_prometheus_scrapes_serving_and_fires_the_latency_slo_alert(
 ) -> None:
     assert PROMETHEUS is not None, "CI must have Debian's prometheus (.ci/run installs it)"
     _register_tiny_model(tmp_path)
-    serve_port, prom_port = _free_port(), _free_port()
-    serve_url, prom_url = f"http://127.0.0.1:{serve_port}", f"http://127.0.0.1:{prom_port}"
+    # Prometheus cannot bind port 0 and report it back: its port is reserved beforehand.
+    prom_url = f"http://127.0.0.1:{reserve_port()}"
     # a fixed 5 ms batch window puts every request far above the 0.5 ms objective
-    serve = [sys.executable, "-m", "kilowatt.cli.main", "serve", "tiny@production",
-             "--port", str(serve_port), "--fixed-window", "--max-queue-delay-ms", "5"]  # fmt: skip
-    with _process(serve, f"{serve_url}/v2/health/ready", tmp_path / "serve.log"):
+    serve = ["tiny@production", "--fixed-window", "--max-queue-delay-ms", "5"]
+    with ServerProcess(serve, log_path=tmp_path / "serve.log") as server:
+        serve_url = server.endpoint
         with open_store() as store:
             assert [d.status for d in store.list_deployments("tiny")] == ["running"]
         out = tmp_path / "prometheus"
@@ -136,7 +131,7 @@ def test_prometheus_scrapes_serving_and_fires_the_latency_slo_alert(
         assert code == 0, capsys.readouterr().err
         prometheus = [PROMETHEUS, f"--config.file={out / 'prometheus.yml'}",
                       f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                      f"--web.listen-address=127.0.0.1:{prom_port}"]  # fmt: skip
+                      f"--web.listen-address={prom_url.removeprefix('http://')}"]  # fmt: skip
         with _process(prometheus, f"{prom_url}/-/ready", tmp_path / "prometheus.log"):
             _until(
                 "the server target to be up", lambda: _scalar(prom_url, 'up{job="kilowatt-serve"}')

@@ -4,7 +4,6 @@ model."""
 
 from __future__ import annotations
 
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -95,7 +94,21 @@ class _GatedHandler:
 @contextmanager
 def running(server: InferenceServer, **app_options: Any) -> Iterator[str]:
     """Serve ``server`` on 127.0.0.1:<free port> in this process; yield its base URL."""
-    app = create_app(server, **app_options)
+    with _running_app(create_app(server, **app_options)) as url:
+        yield url
+
+
+@contextmanager
+def running_with_grpc(server: InferenceServer) -> Iterator[tuple[str, str]]:
+    """``running``, for a spec with ``grpc_port=0``: yield (base URL, gRPC ``host:port``),
+    the port being the one the gRPC server bound."""
+    app = create_app(server)
+    with _running_app(app) as url:
+        yield url, f"127.0.0.1:{app.api.state.grpc_endpoint.port}"
+
+
+@contextmanager
+def _running_app(app: Any) -> Iterator[str]:
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     web = uvicorn.Server(config)
     thread = threading.Thread(target=web.run, daemon=True)
@@ -125,14 +138,6 @@ def make_server(
 
 def metric(server: InferenceServer, name: str, **labels: str) -> float:
     return server.metrics.registry.get_sample_value(name, labels) or 0.0
-
-
-def free_grpc_port() -> int:
-    """A free port for ``--grpc-port``: every worker binds that one port, so it is chosen
-    before the workers start (the HTTP port is picked by the server itself)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager

@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import httpx
 import numpy as np
+import psutil
 import pytest
 import torch
 import tritonclient.grpc as triton
@@ -21,10 +22,9 @@ from serve_helpers import (
     TWO_INPUTS,
     Gate,
     TwoInputs,
-    free_grpc_port,
     make_server,
     metric,
-    running,
+    running_with_grpc,
     save_torchscript,
     small_mlp,
 )
@@ -32,6 +32,7 @@ from tritonclient.utils import InferenceServerException
 
 from kilowatt.serve.grpc import grpc_predict_v2_pb2 as pb
 from kilowatt.serve.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+from kilowatt.serve.process import ServerProcess
 from kilowatt.spec import ModelSpec
 
 SAMPLES = np.random.default_rng(2).standard_normal((3, 16)).astype(np.float32)
@@ -51,10 +52,9 @@ def _input(name: str, array: np.ndarray, datatype: str) -> triton.InferInput:
 
 @pytest.fixture
 def mlp_grpc(mlp_file: Path):
-    port = free_grpc_port()
-    server = make_server(ModelSpec(name="mlp", source=str(mlp_file)), grpc_port=port)
-    with running(server) as url:
-        yield server, url, f"127.0.0.1:{port}"
+    server = make_server(ModelSpec(name="mlp", source=str(mlp_file)), grpc_port=0)
+    with running_with_grpc(server) as (url, target):
+        yield server, url, target
 
 
 def test_tritonclient_health_and_metadata(mlp_grpc) -> None:
@@ -101,14 +101,11 @@ def test_typed_contents_in_typed_contents_out(mlp_grpc) -> None:
 
 def test_two_input_model_over_grpc(tmp_path: Path) -> None:
     model = save_torchscript(TwoInputs(), tmp_path / "two.pt")
-    port = free_grpc_port()
-    server = make_server(
-        ModelSpec(name="two", source=str(model), inputs=TWO_INPUTS), grpc_port=port
-    )
+    server = make_server(ModelSpec(name="two", source=str(model), inputs=TWO_INPUTS), grpc_port=0)
     x = np.array([[1, 2, 3, 4], [-1, 0, 5, 2]], dtype=np.float32)
     scale = np.array([[2], [3]], dtype=np.int64)
-    with running(server):
-        client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+    with running_with_grpc(server) as (_, target):
+        client = triton.InferenceServerClient(target)
         inputs = [_input("scale", scale, "INT64"), _input("x", x, "FP32")]
         result = client.infer("two", inputs, outputs=[triton.InferRequestedOutput("peak")])
         assert [o.name for o in result.get_response().outputs] == ["peak"]
@@ -141,17 +138,16 @@ def test_bad_requests_get_their_grpc_status(
 
 def test_full_queue_is_resource_exhausted_and_a_hopeless_deadline_is_deadline_exceeded() -> None:
     gate = Gate()
-    port = free_grpc_port()
     server = make_server(
         ModelSpec(name="m", source="scale:1"),
         factory=gate,
         batching={"queue_capacity": 1, "max_batch_size": 1},
         slo={"latency_s": 10.0},
-        grpc_port=port,
+        grpc_port=0,
     )
     one = np.ones((1, 2), dtype=np.float32)
-    with running(server):
-        client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+    with running_with_grpc(server) as (_, target):
+        client = triton.InferenceServerClient(target)
         gate.armed = True
         answers: list[np.ndarray] = []
 
@@ -192,3 +188,21 @@ def test_grpc_health_checking_and_reflection(mlp_grpc) -> None:
         service = database.FindFileContainingSymbol("inference.GRPCInferenceService")
         methods = {m.name for m in service.service[0].method}
         assert {"ServerLive", "ModelMetadata", "ModelInfer"} <= methods
+
+
+def test_workers_serve_the_grpc_port_their_parent_bound(mlp_file: Path, tmp_path: Path) -> None:
+    args = [str(mlp_file), "--name", "mlp", "--workers", "2", "--grpc-port", "0"]
+    with ServerProcess(args, log_path=tmp_path / "serve.log", ready_timeout_s=120) as server:
+        target = server.grpc_endpoint.removeprefix("grpc://")
+        port = int(target.rsplit(":", 1)[1])
+        workers = psutil.Process(server.pid).children(recursive=True)
+        listening = {
+            c.laddr.port
+            for worker in workers
+            for c in worker.net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN
+        }
+        result = triton.InferenceServerClient(target).infer("mlp", [_input("x", SAMPLES, "FP32")])
+    # --grpc-port 0: the port was bound by the server, announced, and the workers serve it
+    assert port != 0 and port in listening
+    np.testing.assert_allclose(result.as_numpy("output0"), _expected(SAMPLES), atol=1e-4)

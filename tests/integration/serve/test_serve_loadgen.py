@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from serve_helpers import Gate, free_grpc_port, make_server, running
+from serve_helpers import Gate, make_server, running, running_with_grpc
 
 from kilowatt.bench.loadgen import LoadSpec, default_body, run_scenarios
 from kilowatt.cli.main import main
@@ -72,12 +72,11 @@ def test_refused_requests_count_as_errors_against_the_slo() -> None:
 
 @pytest.mark.parametrize("scenario", ["sweep", "server"])
 def test_grpc_load_closed_loop_and_poisson(scenario: str) -> None:
-    port = free_grpc_port()
-    server = make_server(ModelSpec(name="m", source="scale:2"), factory=Gate(), grpc_port=port)
-    with running(server):
+    server = make_server(ModelSpec(name="m", source="scale:2"), factory=Gate(), grpc_port=0)
+    with running_with_grpc(server) as (_, target):
         spec = LoadSpec(
-            url=f"grpc://127.0.0.1:{port}/m",
-            body=default_body(f"grpc://127.0.0.1:{port}/m", features=2),
+            url=f"grpc://{target}/m",
+            body=default_body(f"grpc://{target}/m", features=2),
             scenario=scenario,
             qps=200,
             concurrencies=(4,),
@@ -87,7 +86,7 @@ def test_grpc_load_closed_loop_and_poisson(scenario: str) -> None:
         )
         [result] = run_scenarios(spec)
         bad = LoadSpec(
-            url=f"grpc://127.0.0.1:{port}/nope", body=default_body("grpc://h:1/nope", features=2),
+            url=f"grpc://{target}/nope", body=default_body("grpc://h:1/nope", features=2),
             concurrencies=(1,), max_requests=3, duration_s=30,
         )  # fmt: skip
         [missing] = run_scenarios(bad)

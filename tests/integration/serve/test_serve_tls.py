@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 import trustme
-from serve_helpers import free_grpc_port, serve_process
 from tritonclient.utils import InferenceServerException
 
 from kilowatt.bench.loadgen import LoadSpec, default_body, run_scenarios
+from kilowatt.serve.process import ServerProcess
 
 
 @pytest.fixture
@@ -33,16 +33,19 @@ def tls_files(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 @pytest.mark.slow
 def test_https_and_grpc_tls_answer_trusting_clients_only(
-    mlp_file: Path, tls_files: tuple[Path, Path, Path]
+    mlp_file: Path, tls_files: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     ca, cert, key = tls_files
-    grpc_port = free_grpc_port()
-    args = [str(mlp_file), "--name", "mlp", "--grpc-port", str(grpc_port)]
+    args = [str(mlp_file), "--name", "mlp", "--grpc-port", "0"]
     args += ["--tls-cert", str(cert), "--tls-key", str(key)]
     sample = np.zeros((1, 16), dtype=np.float32)
     trusting = ssl.create_default_context(cafile=str(ca))
-    with serve_process(args, verify=trusting) as (url, _):
+    log = tmp_path / "serve.log"
+    with ServerProcess(args, log_path=log, ready_timeout_s=90, verify=trusting) as server:
+        url, grpc_url = server.endpoint, server.grpc_endpoint
         assert url.startswith("https://")
+        # --grpc-port 0: the gRPC server bound a port itself and announced it
+        assert grpc_url.startswith("grpcs://127.0.0.1:") and not grpc_url.endswith(":0")
         reply = httpx.post(f"{url}/predict", json={"inputs": sample.tolist()}, verify=trusting)
         assert reply.status_code == 200 and len(reply.json()["outputs"][0]) == 4
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
@@ -50,13 +53,13 @@ def test_https_and_grpc_tls_answer_trusting_clients_only(
         with pytest.raises(httpx.RemoteProtocolError):
             httpx.get(url.replace("https://", "http://") + "/v2/health/ready")  # no plain text
 
-        for load_url in (f"{url}/predict", f"grpcs://127.0.0.1:{grpc_port}/mlp"):
+        for load_url in (f"{url}/predict", f"{grpc_url}/mlp"):
             body = default_body(load_url, features=16)
             spec = LoadSpec(load_url, body, concurrencies=(2,), max_requests=10, ca_file=str(ca))
             [load] = run_scenarios(spec)
             assert load.statuses == {"200": 10}, load_url
 
-        target = f"127.0.0.1:{grpc_port}"
+        target = grpc_url.removeprefix("grpcs://")
         secure = triton.InferenceServerClient(target, ssl=True, root_certificates=str(ca))
         tensor = triton.InferInput("x", [1, 16], "FP32")
         tensor.set_data_from_numpy(sample)

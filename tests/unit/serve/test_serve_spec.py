@@ -39,7 +39,6 @@ def test_explicit_threads_win() -> None:
         ({"models": [MODEL], "port": 70000}, "port"),  # not a TCP port
         ({"models": [{**MODEL, "format": "state_dict"}]}, "needs factory"),  # no factory
         ({"models": [MODEL], "tls_cert": "c.pem"}, "needs both tls_cert and tls_key"),  # half TLS
-        ({"models": [MODEL], "workers": 2, "grpc_port": 0}, "share one gRPC port"),  # 0 twice
         (
             {"models": [{**MODEL, "inputs": [{"name": "a", "shape": [1]}] * 2}]},
             "name each tensor once",
