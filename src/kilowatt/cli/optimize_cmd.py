@@ -106,8 +106,17 @@ def optimize(
     slo_p99_ms: float | None = typer.Option(None, help="batch-1 p99 latency bound in ms"),
     objective: str = typer.Option("energy", help="energy | latency | throughput | cost"),
     train: Path | None = typer.Option(
-        None, help="training spec: its model factory, and data for the pruning fine-tune"
+        None, help="training spec: its model factory, and data for pruning and distillation"
     ),
+    student: str | None = typer.Option(
+        None,
+        help="module:function building the distillation student (default: the "
+        "teacher with narrower hidden layers)",
+    ),
+    student_width: float = typer.Option(
+        0.5, help="share of each hidden layer's width the derived student keeps"
+    ),
+    distill_steps: int = typer.Option(300, help="optimizer steps of the distillation"),
     factory: str | None = typer.Option(None, help="module:function that builds the module"),
     threads: str | None = typer.Option(None, help="intra-op thread counts, e.g. 1,2"),
     transforms: str | None = typer.Option(None, help="only these transforms, comma-separated"),
@@ -138,6 +147,7 @@ def optimize(
         transforms=tuple(transforms.split(",")) if transforms else None,
         effort=Effort.quick() if quick else Effort(),
         finetune=_finetune(spec),
+        distill=_distillation(student, student_width, distill_steps),
         factory=factory,
         usd_per_s=_usd_per_s(),  # a rented machine's price covers its power too
     )
@@ -242,6 +252,15 @@ def _finetune(spec: Any) -> Any:
         steps=max(20, spec.steps // 10),
         batch_size=spec.batch_size,
     )
+
+
+def _distillation(student: str | None, width: float, steps: int) -> Any:
+    from kilowatt.optimize import Distillation
+
+    try:
+        return Distillation(width=width, steps=steps, student=student)
+    except ValueError as exc:
+        raise SpecError(f"--student-width/--distill-steps: {exc}") from None
 
 
 def _usd_per_s() -> float:
@@ -385,7 +404,8 @@ def variant_table(report: Any) -> Table:
                                     (not row.within_budget, "[red]over budget[/]")) if flag
         )  # fmt: skip
         table.add_row(
-            row.label, f"{row.metric:.4f}", f"{row.metric_drop:+.4f}",
+            row.label, f"{row.metric:.4f}",
+            "-" if row.metric_drop is None else f"{row.metric_drop:+.4f}",
             f"{row.bytes_on_disk:,}", f"{figures.rss_bytes / 2**20:.0f}",
             _ms(figures.latency_p50_s), _ms(figures.latency_p99_s),
             f"{figures.throughput_per_s:,.0f} ({figures.best_batch_size})",
