@@ -187,10 +187,10 @@ def _tune(
     out.print(sweep_table(sweep))
     best = sweep.best
     target.write_text(yaml.safe_dump(json.loads(best.spec.model_dump_json(exclude={"port"}))))
-    ratio = sweep.default.energy_per_request_j / best.energy_per_request_j
+    ratio = sweep.defaults.energy_per_request_j / best.energy_per_request_j
     out.print(
         f"serving: [bold]{best.label}[/] {best.energy_per_request_j * 1e3:.3g} mJ/request vs "
-        f"{sweep.default.energy_per_request_j * 1e3:.3g} for the defaults ({ratio:.2f}x "
+        f"{sweep.defaults.energy_per_request_j * 1e3:.3g} for the defaults ({ratio:.2f}x "
         f"requests per joule; p99 SLO {slo_s * 1e3:g} ms; {sweep.method}); spec: {target}"
     )
 
@@ -199,10 +199,12 @@ def sweep_table(sweep: Any) -> Table:
     """The serving configurations tried, with their figures."""
     table = Table("configuration", "req/s", "p99 ms", "errors", "mJ/request", "SLO",
                   title="serving configurations")  # fmt: skip
-    for row in (sweep.default, *sweep.tried):
+    for row in (sweep.default, *sweep.tried, *sweep.confirmed):
         best = " [bold green]best[/]" if row is sweep.best else ""
+        rounds = len(row.energy_samples_j)
+        label = f"median of {rounds}: {row.label}" if rounds else row.label
         table.add_row(
-            row.label, f"{row.throughput_rps:,.0f}", _ms(row.p99_s), str(row.errors),
+            label, f"{row.throughput_rps:,.0f}", _ms(row.p99_s), str(row.errors),
             f"{row.energy_per_request_j * 1e3:.3g}", ("met" if row.meets_slo else "missed") + best,
         )  # fmt: skip
     return table
