@@ -116,7 +116,7 @@ def optimize(
     student_width: float = typer.Option(
         0.5, help="share of each hidden layer's width the derived student keeps"
     ),
-    distill_steps: int = typer.Option(300, help="optimizer steps of the distillation"),
+    distill_steps: int = typer.Option(1000, help="optimizer steps of the distillation"),
     factory: str | None = typer.Option(None, help="module:function that builds the module"),
     threads: str | None = typer.Option(None, help="intra-op thread counts, e.g. 1,2"),
     transforms: str | None = typer.Option(None, help="only these transforms, comma-separated"),

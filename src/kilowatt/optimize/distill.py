@@ -58,7 +58,7 @@ class Distillation:
     width: float = 0.5
     temperature: float = 4.0
     soft_weight: float = 0.7
-    steps: int = 300
+    steps: int = 1000
     student: str | None = None
 
     def __post_init__(self) -> None:
