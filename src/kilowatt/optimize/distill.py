@@ -171,8 +171,7 @@ def train_student(
         if data.optimizer is not None
         else torch.optim.Adam(student.parameters(), lr=1e-3)
     )
-    teacher.eval()
-    student.train()
+    student.train()  # the teacher stays as given: eval mode (an exported one cannot switch)
     for batch in epochs(loader, spec.steps):
         pair = isinstance(batch, (list, tuple))
         inputs = batch[0] if pair else batch
@@ -240,8 +239,7 @@ def distillation(
         }  # fmt: skip
         return Variant(
             f"distilled-{spec.width:g}" if spec.student is None else "distilled",
-            f"knowledge distillation (KL at T={spec.temperature:g} + hard labels, "
-            f"{spec.steps} steps)",
+            f"knowledge distillation (KL at T={spec.temperature:g}, {spec.steps} steps)",
             parameters, "torch", ".pt", scripted.runner, scripted.save,
         )  # fmt: skip
 
