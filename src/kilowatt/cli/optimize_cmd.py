@@ -106,8 +106,17 @@ def optimize(
     slo_p99_ms: float | None = typer.Option(None, help="batch-1 p99 latency bound in ms"),
     objective: str = typer.Option("energy", help="energy | latency | throughput | cost"),
     train: Path | None = typer.Option(
-        None, help="training spec: its model factory, and data for the pruning fine-tune"
+        None, help="training spec: its model factory, and data for pruning and distillation"
     ),
+    student: str | None = typer.Option(
+        None,
+        help="module:function building the distillation student (default: the "
+        "teacher with narrower hidden layers)",
+    ),
+    student_width: float = typer.Option(
+        0.5, help="share of each hidden layer's width the derived student keeps"
+    ),
+    distill_steps: int = typer.Option(1000, help="optimizer steps of the distillation"),
     factory: str | None = typer.Option(None, help="module:function that builds the module"),
     threads: str | None = typer.Option(None, help="intra-op thread counts, e.g. 1,2"),
     transforms: str | None = typer.Option(None, help="only these transforms, comma-separated"),
@@ -138,6 +147,7 @@ def optimize(
         transforms=tuple(transforms.split(",")) if transforms else None,
         effort=Effort.quick() if quick else Effort(),
         finetune=_finetune(spec),
+        distill=_distillation(student, student_width, distill_steps),
         factory=factory,
         usd_per_s=_usd_per_s(),  # a rented machine's price covers its power too
     )
@@ -177,10 +187,10 @@ def _tune(
     out.print(sweep_table(sweep))
     best = sweep.best
     target.write_text(yaml.safe_dump(json.loads(best.spec.model_dump_json(exclude={"port"}))))
-    ratio = sweep.default.energy_per_request_j / best.energy_per_request_j
+    ratio = sweep.defaults.energy_per_request_j / best.energy_per_request_j
     out.print(
         f"serving: [bold]{best.label}[/] {best.energy_per_request_j * 1e3:.3g} mJ/request vs "
-        f"{sweep.default.energy_per_request_j * 1e3:.3g} for the defaults ({ratio:.2f}x "
+        f"{sweep.defaults.energy_per_request_j * 1e3:.3g} for the defaults ({ratio:.2f}x "
         f"requests per joule; p99 SLO {slo_s * 1e3:g} ms; {sweep.method}); spec: {target}"
     )
 
@@ -189,10 +199,12 @@ def sweep_table(sweep: Any) -> Table:
     """The serving configurations tried, with their figures."""
     table = Table("configuration", "req/s", "p99 ms", "errors", "mJ/request", "SLO",
                   title="serving configurations")  # fmt: skip
-    for row in (sweep.default, *sweep.tried):
+    for row in (sweep.default, *sweep.tried, *sweep.confirmed):
         best = " [bold green]best[/]" if row is sweep.best else ""
+        rounds = len(row.energy_samples_j)
+        label = f"median of {rounds}: {row.label}" if rounds else row.label
         table.add_row(
-            row.label, f"{row.throughput_rps:,.0f}", _ms(row.p99_s), str(row.errors),
+            label, f"{row.throughput_rps:,.0f}", _ms(row.p99_s), str(row.errors),
             f"{row.energy_per_request_j * 1e3:.3g}", ("met" if row.meets_slo else "missed") + best,
         )  # fmt: skip
     return table
@@ -242,6 +254,15 @@ def _finetune(spec: Any) -> Any:
         steps=max(20, spec.steps // 10),
         batch_size=spec.batch_size,
     )
+
+
+def _distillation(student: str | None, width: float, steps: int) -> Any:
+    from kilowatt.optimize import Distillation
+
+    try:
+        return Distillation(width=width, steps=steps, student=student)
+    except ValueError as exc:
+        raise SpecError(f"--student-width/--distill-steps: {exc}") from None
 
 
 def _usd_per_s() -> float:
@@ -385,7 +406,8 @@ def variant_table(report: Any) -> Table:
                                     (not row.within_budget, "[red]over budget[/]")) if flag
         )  # fmt: skip
         table.add_row(
-            row.label, f"{row.metric:.4f}", f"{row.metric_drop:+.4f}",
+            row.label, f"{row.metric:.4f}",
+            "-" if row.metric_drop is None else f"{row.metric_drop:+.4f}",
             f"{row.bytes_on_disk:,}", f"{figures.rss_bytes / 2**20:.0f}",
             _ms(figures.latency_p50_s), _ms(figures.latency_p99_s),
             f"{figures.throughput_per_s:,.0f} ({figures.best_batch_size})",

@@ -9,6 +9,7 @@ produces the figures they judge.
 """
 
 from kilowatt.optimize.candidates import TRANSFORMS, NotApplicable, TransformContext, Variant
+from kilowatt.optimize.distill import Distillation
 from kilowatt.optimize.evaluation import (
     EvalSet,
     accuracy,
@@ -31,6 +32,7 @@ __all__ = [
     "OBJECTIVES",
     "TRANSFORMS",
     "Candidate",
+    "Distillation",
     "Effort",
     "EvalSet",
     "Figures",

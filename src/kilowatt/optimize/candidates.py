@@ -13,6 +13,8 @@ Every variant can be saved as a file ``kilowatt serve`` reads (TorchScript ``.pt
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -70,7 +72,8 @@ class Variant:
 @dataclass
 class TransformContext:
     """What transforms share: the fp32 module, an example batch, calibration samples,
-    a folder for files and whether an accelerator is present."""
+    a folder for files and whether an accelerator is present (``eval_inputs``: the whole
+    eval set's inputs, when a transform reports how far it strays from the model)."""
 
     module: Any
     example: np.ndarray
@@ -78,7 +81,12 @@ class TransformContext:
     workdir: Path
     device: str = "cpu"
     factory: str | None = None
+    eval_inputs: np.ndarray | None = None
     _onnx_path: Path | None = None
+
+    def with_module(self, module: Any) -> TransformContext:
+        """The same context around another module (a pruned copy, a student)."""
+        return dataclasses.replace(self, module=module, factory=None, _onnx_path=None)
 
     def onnx_file(self) -> Path:
         """The fp32 module exported to ONNX once, shared by the ONNX Runtime variants."""
@@ -200,6 +208,104 @@ def int8_dynamic(ctx: TransformContext) -> Variant:
         {"layers": layers, "dtype": "qint8"}, "torch", ".pt", _torch_runner(traced),
         lambda path: _jit_save(traced, path),
     )  # fmt: skip
+
+
+def _static_quantizable(module: Any) -> bool:
+    from torch import nn
+
+    wanted = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    return any(isinstance(m, wanted) for m in module.modules())
+
+
+def int8_static(ctx: TransformContext) -> Variant:
+    """Static int8 quantization in torch (FX graph mode): observers calibrated on the
+    calibration samples fix every activation's scale, so Linear and Conv layers run as
+    int8 kernels of the quantized engine (x86/fbgemm on x86 CPUs) with no per-batch range
+    search. FX graph mode, not PT2E: PT2E's int8 graphs only become int8 kernels through
+    ``torch.compile``, which a saved servable file does not carry."""
+    import torch
+
+    if not _static_quantizable(ctx.module):
+        raise NotApplicable("no nn.Linear or nn.Conv layers to quantize")
+    engine = torch.backends.quantized.engine
+    if engine not in ("x86", "fbgemm", "qnnpack", "onednn"):
+        raise NotApplicable(f"this torch build has no int8 CPU engine (engine {engine!r})")
+    with quiet_torch_warnings():
+        from torch.ao.quantization import get_default_qconfig_mapping
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+        example = _example_tensor(ctx)
+        try:
+            prepared = prepare_fx(
+                copy.deepcopy(ctx.module).eval(), get_default_qconfig_mapping(engine), (example,)
+            )
+        except Exception as exc:
+            line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise NotApplicable(f"torch.fx cannot trace the model: {line}") from None
+        with torch.inference_mode():
+            for start in range(0, len(ctx.calibration), 32):
+                prepared(torch.from_numpy(ctx.calibration[start : start + 32]))
+        quantized = convert_fx(prepared)
+        traced = torch.jit.freeze(torch.jit.trace(quantized, example).eval())
+    parameters = {
+        "engine": engine, "qconfig": f"get_default_qconfig_mapping({engine!r})",
+        "calibration_samples": len(ctx.calibration),
+    }  # fmt: skip
+    return Variant(
+        "int8-static", "torch.ao.quantization.quantize_fx.prepare_fx+convert_fx", parameters,
+        "torch", ".pt", _torch_runner(traced), lambda path: _jit_save(traced, path),
+    )  # fmt: skip
+
+
+def _torchao() -> Any:
+    """torchao's ``quantization`` module, or NotApplicable saying how to get it."""
+    import logging
+
+    # On a CPU-only torch build torchao logs each CUDA kernel library it cannot load, and
+    # torch a notice about how torchao registers an enum: neither concerns a CPU variant.
+    logs = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(logging.ERROR)
+    try:
+        import torchao.quantization as quantization
+    except ImportError:
+        raise NotApplicable("torchao is not installed (pip install torchao)") from None
+    finally:
+        for log, level in zip(logs, levels, strict=True):
+            log.setLevel(level)
+    return quantization
+
+
+def _torchao_variant(ctx: TransformContext, name: str, config_name: str) -> Variant:
+    """Quantize the Linear layers of a copy with torchao's ``quantize_`` and save it as a
+    ``torch.export`` archive (torchao's int8 tensors do not survive ``torch.jit.trace``)."""
+    from torch import nn
+
+    quantization = _torchao()
+    if not any(isinstance(m, nn.Linear) for m in ctx.module.modules()):
+        raise NotApplicable("no nn.Linear modules to quantize (torchao quantizes Linear only)")
+    module = copy.deepcopy(ctx.module).eval()
+    with quiet_torch_warnings():
+        quantization.quantize_(module, getattr(quantization, config_name)())
+    variant = torch_export(ctx.with_module(module))
+    import torchao
+
+    return Variant(
+        name, f"torchao.quantization.quantize_({config_name})",
+        {"layers": ["Linear"], "torchao": torchao.__version__, "saved_as": "torch.export"},
+        "torch", ".pt2", variant.runner, variant.save,
+    )  # fmt: skip
+
+
+def torchao_int8_dynamic(ctx: TransformContext) -> Variant:
+    """torchao int8 dynamic quantization: int8 weights, activations quantized per token."""
+    return _torchao_variant(ctx, "torchao-int8-dynamic", "Int8DynamicActivationInt8WeightConfig")
+
+
+def torchao_int8_weight_only(ctx: TransformContext) -> Variant:
+    """torchao int8 weight-only quantization: int8 weights, fp32 activations."""
+    return _torchao_variant(ctx, "torchao-int8-weight-only", "Int8WeightOnlyConfig")
 
 
 def half_precision(ctx: TransformContext) -> Variant:
@@ -355,6 +461,9 @@ TRANSFORMS: dict[str, Callable[[TransformContext], Variant]] = {
     "torchscript": torchscript,
     "torch-export": torch_export,
     "int8-dynamic": int8_dynamic,
+    "int8-static": int8_static,
+    "torchao-int8-dynamic": torchao_int8_dynamic,
+    "torchao-int8-weight-only": torchao_int8_weight_only,
     "half": half_precision,
     "onnx": onnx_fp32,
     "onnx-int8-dynamic": onnx_int8_dynamic,

@@ -96,7 +96,7 @@ def measure_file(
     }  # fmt: skip
     config_file = path.with_suffix(f".{threads}t.config.json")
     config_file.write_text(json.dumps(config))
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": _import_path()}
     done = subprocess.run(
         [sys.executable, "-m", "kilowatt.optimize.measure", str(config_file)],
         capture_output=True, text=True, timeout=timeout_s, env=env, check=False,
@@ -106,6 +106,17 @@ def measure_file(
         raise KilowattError(lines[-1] if lines else f"measuring {path.name} failed")
     raw = json.loads(Path(config["result"]).read_text())
     return Figures(**raw), np.load(config["outputs"])
+
+
+def _import_path() -> str:
+    """This process's own import folders (not the interpreter's): the child must import
+    the same factory modules the caller did, wherever they were found."""
+    inherited = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    own = [
+        entry for entry in sys.path
+        if entry and not entry.startswith((sys.prefix, sys.base_prefix))
+    ]  # fmt: skip
+    return os.pathsep.join(dict.fromkeys(p for p in [*inherited, *own] if p))
 
 
 def _rss_bytes() -> int:

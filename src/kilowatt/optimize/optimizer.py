@@ -24,6 +24,7 @@ from kilowatt.optimize.candidates import (
     Variant,
     quiet_torch_warnings,
 )
+from kilowatt.optimize.distill import Distillation, distillation
 from kilowatt.optimize.evaluation import EvalSet, check_eval_fits
 from kilowatt.optimize.measure import Effort, Figures, measure_file
 from kilowatt.optimize.prune import FineTune, magnitude_pruning, structured_pruning
@@ -55,7 +56,9 @@ class OptimizeOptions:
         threads: intra-op thread counts each variant is measured at.
         transforms: names from ``TRANSFORMS`` (and pruning) to try; None tries all.
         effort: measuring time per variant.
-        finetune: the training spec's fine-tune (enables the pruning variants).
+        finetune: the training spec's data, loss and optimizer (enables the pruning and
+            distillation variants).
+        distill: the distillation's student, temperature and step bound.
         usd_per_s: machine price per second (the ``cost`` objective's time term).
         usd_per_j: energy price per joule (its energy term).
         factory: ``module:function`` that rebuilds the eager module (lets the fp32 row be
@@ -69,6 +72,7 @@ class OptimizeOptions:
     transforms: tuple[str, ...] | None = None
     effort: Effort = field(default_factory=Effort)
     finetune: FineTune | None = None
+    distill: Distillation = field(default_factory=Distillation)
     usd_per_s: float = 0.0
     usd_per_j: float = 0.0
     factory: str | None = None
@@ -154,12 +158,15 @@ class OptimizeReport:
         }
 
 
-def _all_transforms() -> dict[str, Callable[[TransformContext, FineTune | None], Variant]]:
+def _all_transforms(
+    distill: Distillation,
+) -> dict[str, Callable[[TransformContext, FineTune | None], Variant]]:
     table: dict[str, Callable[[TransformContext, FineTune | None], Variant]] = {
         name: (lambda ctx, _ft, make=make: make(ctx)) for name, make in TRANSFORMS.items()
     }
     table["pruned-l1"] = magnitude_pruning(0.5)
     table["pruned-channels"] = structured_pruning(0.25)
+    table["distilled"] = distillation(distill)
     return table
 
 
@@ -181,7 +188,7 @@ def optimize(
         SpecError: the eval does not fit the model's outputs (before any variant is built),
             or an unknown transform or objective was asked for.
     """
-    table = _all_transforms()
+    table = _all_transforms(options.distill)
     wanted = options.transforms or tuple(table)
     unknown = [name for name in wanted if name not in table]
     if unknown or options.objective not in OBJECTIVES:
@@ -195,8 +202,9 @@ def optimize(
     inputs_file = workdir / "eval-inputs.npy"
     np.save(inputs_file, inputs)
     ctx = TransformContext(
-        module, inputs[:8], eval_set.calibration_batch(), workdir, factory=options.factory
-    )
+        module, inputs[:8], eval_set.calibration_batch(), workdir, factory=options.factory,
+        eval_inputs=inputs,
+    )  # fmt: skip
     candidates: list[Candidate] = []
     for name in (BASELINE, *[n for n in wanted if n != BASELINE]):
         progress(f"building {name}")

@@ -9,8 +9,7 @@ training spec the pruning transforms do not apply.
 from __future__ import annotations
 
 import copy
-import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,11 +55,26 @@ class FineTune:
         else:
             optimizer = torch.optim.SGD(module.parameters(), lr=0.01)
         module.train()
-        for inputs, targets in itertools.islice(itertools.cycle(loader), self.steps):
+        for inputs, targets in epochs(loader, self.steps):
             optimizer.zero_grad(set_to_none=True)
             self.loss(module(inputs), targets).backward()
             optimizer.step()
         module.eval()
+
+
+def epochs(loader: Iterable[Any], steps: int) -> Iterator[Any]:
+    """``steps`` batches from ``loader``, starting a new epoch (a new shuffle) whenever
+    one ends."""
+    done = 0
+    while True:
+        started = done
+        for batch in loader:
+            if done == steps:
+                return
+            yield batch
+            done += 1
+        if done == started:
+            raise ValueError("the training data set is empty")
 
 
 def _prunable(module: Any) -> list[tuple[Any, str]]:
@@ -96,17 +110,13 @@ def _prune(
     zeros = sum(int((getattr(m, a) == 0).sum()) for m, a in targets)
     sparsity = zeros / sum(getattr(m, a).numel() for m, a in targets)
     with quiet_torch_warnings():
-        scripted = torchscript(_replace_module(ctx, module))
+        scripted = torchscript(ctx.with_module(module))
     return Variant(
         name, f"torch.nn.utils.prune+fine-tune({finetune.steps} steps)",
         {**parameters, "layers": len(targets), "sparsity": round(sparsity, 4),
          "fine_tune_steps": finetune.steps},
         "torch", ".pt", scripted.runner, scripted.save,
     )  # fmt: skip
-
-
-def _replace_module(ctx: TransformContext, module: Any) -> TransformContext:
-    return TransformContext(module, ctx.example, ctx.calibration, ctx.workdir, ctx.device)
 
 
 def magnitude_pruning(

@@ -130,3 +130,37 @@ def test_columns_that_cannot_be_found_are_named(capsys: pytest.CaptureFixture[st
     assert "dataset:mlp-eval:v1:INPUTS,TARGETS" in capsys.readouterr().err.replace("\n", "")
     assert main(["optimize", "model.pt", "--eval", "dataset:mlp-eval:v1:pixels,label"]) == 1
     assert "no column 'label'" in capsys.readouterr().err
+
+
+def train_data() -> torch.utils.data.TensorDataset:
+    inputs, labels = eval_set()
+    return torch.utils.data.TensorDataset(torch.from_numpy(inputs), torch.from_numpy(labels))
+
+
+@pytest.mark.slow
+def test_a_distilled_student_is_registered_with_its_transform(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _register_mlp(tmp_path)
+    spec = tmp_path / "train.yaml"
+    spec.write_text(
+        f"name: mlp\nmodel: {__name__}:make_mlp\ndataset: {__name__}:train_data\n"
+        "loss: torch.nn.functional:cross_entropy\nsteps: 100\nbatch_size: 16\n"
+    )
+    code = main([
+        "optimize", "mlp:1", "--eval", f"{__name__}:eval_set", "--quick", "--threads", "1",
+        "--transforms", "distilled", "--train", str(spec), "--distill-steps", "40",
+        "--max-accuracy-drop", "100%",
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "distilled-0.5 x1" in out
+    with open_store() as store:
+        variant = max(store.list_model_versions("mlp"), key=lambda v: v.version)
+        assert variant.version > 1 and variant.signature["parent"] == "mlp:1"
+        assert variant.signature["transform"].startswith("knowledge distillation")
+        parameters = variant.signature["parameters"]
+        assert parameters["student_parameters"] < parameters["teacher_parameters"]
+        assert 0.0 <= parameters["teacher_agreement"] <= 1.0
+        labels = {node.label for node in store.lineage_of(variant).nodes.values()}
+    assert "mlp:1" in labels

@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kilowatt.optimize.serving import ConfigResult, SweepResult, measure_config, oip_body
+from kilowatt.optimize import serving
+from kilowatt.optimize.serving import (
+    ConfigResult,
+    SweepResult,
+    measure_config,
+    oip_body,
+    tune_serving,
+)
 from kilowatt.spec import ModelSpec, ServeSpec
 from kilowatt.spec.base import load_spec
 
@@ -26,6 +33,34 @@ def test_best_is_the_least_energy_that_meets_the_slo() -> None:
     )
     assert sweep.best.label == "batch 8"
     assert SweepResult(default=_result("defaults", 0.01, False)).best.label == "defaults"
+
+
+LUCKY = "batch<=32, 1 thread(s)"
+
+
+def test_a_lucky_window_does_not_win_the_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One configuration's first window reads 0.1 J (a quiet spell), every later one 0.9 J;
+    # batch<=8 reads 0.5 J every time. Chosen on single windows the lucky one would win;
+    # the interleaved repeats must expose it.
+    windows: dict[str, int] = {}
+
+    def fake_measure(label: str, spec: ServeSpec, *_: object) -> ConfigResult:
+        windows[label] = windows.get(label, 0) + 1
+        if label == LUCKY:
+            joules = 0.1 if windows[label] == 1 else 0.9
+        elif label.startswith("batch<=8,"):
+            joules = 0.5
+        else:
+            joules = 1.0
+        return ConfigResult(label, spec, 100, 0, 50.0, 0.01, joules, True)
+
+    monkeypatch.setattr(serving, "measure_config", fake_measure)
+    sweep = tune_serving(SPEC, b"{}", 0.05, watts_per_core=1.0, confirm_top=3, confirm_rounds=2)
+    assert sweep.leaders(1)[0].label == LUCKY  # what a single window would have chosen
+    assert sweep.best.label.startswith("batch<=8,")
+    assert sweep.best.energy_samples_j == (0.5, 0.5, 0.5)
+    assert sweep.defaults.label == "kilowatt serve defaults" and len(sweep.confirmed) == 4
+    assert windows[LUCKY] == 3 and windows["kilowatt serve defaults"] == 3
 
 
 @pytest.mark.slow

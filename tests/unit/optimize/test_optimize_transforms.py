@@ -22,6 +22,7 @@ from kilowatt.optimize import (
     TransformContext,
     optimize,
 )
+from kilowatt.optimize.candidates import quiet_torch_warnings
 from kilowatt.optimize.prune import magnitude_pruning
 
 BATCH = np.random.default_rng(0).random((16, 64), dtype=np.float32)
@@ -52,6 +53,9 @@ def ctx(tmp_path: Path) -> TransformContext:
         ("torch-export", 0.0),
         ("onnx", 0.0),
         ("int8-dynamic", INT8_SHARE_OF_RANGE),
+        ("int8-static", INT8_SHARE_OF_RANGE),
+        ("torchao-int8-dynamic", INT8_SHARE_OF_RANGE),
+        ("torchao-int8-weight-only", INT8_SHARE_OF_RANGE),
         ("onnx-int8-dynamic", INT8_SHARE_OF_RANGE),
         ("onnx-int8-static", INT8_SHARE_OF_RANGE),
     ],
@@ -103,7 +107,8 @@ def test_unsupported_layers_are_reported_as_skipped(tmp_path: Path) -> None:
     eval_set = EvalSet(BATCH[:, :5], np.zeros((16, 10), np.float32), metric=lambda o, t: 0.0)
     options = OptimizeOptions(
         threads=(1,), effort=Effort.quick(),
-        transforms=("int8-dynamic", "onnx", "onnx-int8-static", "half", "pruned-l1"),
+        transforms=("int8-dynamic", "onnx", "onnx-int8-static", "half", "pruned-l1",
+                    "torchao-int8-dynamic", "distilled"),
     )  # fmt: skip
     report = optimize(module, eval_set, tmp_path, options)
     rows = {row.name: row for row in report.candidates}
@@ -113,6 +118,8 @@ def test_unsupported_layers_are_reported_as_skipped(tmp_path: Path) -> None:
     assert "bessel" in rows["onnx"].reason.lower()
     assert "CUDA" in rows["half"].reason
     assert "training spec" in rows["pruned-l1"].reason
+    assert "training spec" in rows["distilled"].reason
+    assert "no nn.Linear" in rows["torchao-int8-dynamic"].reason
     assert report.chosen is rows["fp32-eager"]
 
 
@@ -139,3 +146,43 @@ def test_an_exported_program_gets_its_int8_variant(tmp_path: Path) -> None:
         expected = module(torch.from_numpy(BATCH)).numpy()
     atol = INT8_SHARE_OF_RANGE * float(np.ptp(expected))
     np.testing.assert_allclose(variant.runner(1)(BATCH), expected, atol=atol, rtol=0)
+
+
+def test_torch_static_int8_saves_int8_kernels(ctx: TransformContext) -> None:
+    variant = TRANSFORMS["int8-static"](ctx)
+    path = ctx.workdir / "int8-static.pt"
+    variant.save(path)
+    with quiet_torch_warnings():  # torch.jit.load is deprecated upstream; serve still reads it
+        graph = str(torch.jit.load(str(path)).inlined_graph)
+    assert "quantized::conv2d" in graph and "quantized::linear" in graph
+    assert variant.parameters["calibration_samples"] == len(BATCH)
+
+
+@pytest.mark.parametrize("name", ["torchao-int8-dynamic", "torchao-int8-weight-only"])
+def test_torchao_variants_save_int8_linear_weights(ctx: TransformContext, name: str) -> None:
+    variant = TRANSFORMS[name](ctx)
+    path = ctx.workdir / f"{name}.pt2"
+    variant.save(path)
+    weights = torch.export.load(str(path)).state_dict
+    int8 = {k for k, w in weights.items() if getattr(getattr(w, "qdata", None), "dtype", None)
+            == torch.int8}  # fmt: skip
+    assert int8 == {"4.weight", "6.weight"}  # both Linear layers, not the Conv
+
+
+def test_torch_static_int8_skips_a_model_fx_cannot_trace(tmp_path: Path) -> None:
+    ctx = TransformContext(_Untraceable().eval(), BATCH[:8], BATCH, tmp_path)
+    with pytest.raises(NotApplicable, match=r"torch\.fx cannot trace"):
+        TRANSFORMS["int8-static"](ctx)
+
+
+class _Untraceable(nn.Module):
+    """Control flow on a tensor's value: symbolic tracing cannot follow it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return self.linear(x)
+        return -self.linear(x)
