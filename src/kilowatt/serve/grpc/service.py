@@ -257,7 +257,10 @@ def _unload_version(parameters: Any) -> str | None:
         raise InvalidInput(f"unload parameters {unknown} are not supported; give version")
     if "version" not in parameters:
         return None
-    return str(parameters["version"].string_param) or None
+    version = str(parameters["version"].string_param)
+    if not version:
+        raise InvalidInput('parameters["version"] is empty; give a version, or no parameter')
+    return version
 
 
 def _options(context: Any) -> dict[str, Any]:
