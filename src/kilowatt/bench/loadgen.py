@@ -70,6 +70,10 @@ class LoadSpec:
         headers: extra request headers (gRPC metadata for gRPC URLs).
         ca_file: PEM file of the authority that signed an https/grpcs server's certificate
             (default: the system's trusted authorities).
+        grpc_channels: gRPC channels (TCP connections) the concurrent calls of a gRPC run
+            share: HTTP/2 multiplexes calls over a channel, and gRPC's performance guide
+            advises reusing a few channels rather than one per call. HTTP/1.1 cannot
+            multiplex, so HTTP runs keep one connection per concurrent request.
     """
 
     url: str
@@ -84,14 +88,15 @@ class LoadSpec:
     seed: int = 0
     headers: dict[str, str] = field(default_factory=dict)
     ca_file: str | None = None
+    grpc_channels: int = 4
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
             raise SpecError(f"scenario {self.scenario!r} is not one of {', '.join(SCENARIOS)}")
         if self.duration_s <= 0 or self.max_requests < 1:
             raise SpecError("duration_s must be > 0 and max_requests >= 1 to bound the run")
-        if self.qps <= 0 or any(c < 1 for c in self.concurrencies):
-            raise SpecError("qps must be > 0 and every concurrency >= 1")
+        if self.qps <= 0 or any(c < 1 for c in self.concurrencies) or self.grpc_channels < 1:
+            raise SpecError("qps must be > 0, and every concurrency and grpc_channels >= 1")
         parts = urlsplit(self.url)
         if parts.scheme not in _SCHEMES or not parts.hostname:
             raise SpecError(
@@ -221,22 +226,11 @@ def _track_closing(closing: Any) -> None:
 
 
 class _GrpcConnection:
-    """One gRPC channel (its own TCP connection) sending one serialized ModelInfer request."""
+    """One stream of calls on a shared gRPC channel, sending one serialized ModelInfer
+    request."""
 
-    def __init__(
-        self, target: str, request: bytes, metadata: tuple[tuple[str, str], ...], tls: Any
-    ) -> None:
-        import grpc
-
-        # A channel of its own per connection, as each HTTP connection is its own socket.
-        options = [("grpc.use_local_subchannel_pool", 1)]
-        if tls is None:
-            self._channel = grpc.aio.insecure_channel(target, options=options)
-        else:
-            self._channel = grpc.aio.secure_channel(target, tls, options=options)
-        # Bytes in, bytes out: the client spends no time on protobuf per request.
-        self._call = self._channel.unary_unary(_MODEL_INFER)
-        self._request, self._metadata = request, metadata or None
+    def __init__(self, call: Any, request: bytes, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._call, self._request, self._metadata = call, request, metadata or None
 
     async def send(self) -> int:
         import grpc
@@ -248,8 +242,42 @@ class _GrpcConnection:
         return 200
 
     def close(self) -> None:
-        # close() is a coroutine; a channel left unawaited is closed when its loop ends.
-        _track_closing(self._channel.close())
+        pass  # the channel outlives its streams; the pool closes it
+
+
+class _ChannelPool:
+    """Up to ``size`` gRPC channels, each its own TCP connection, handed out in turn."""
+
+    def __init__(self, target: str, tls: Any, size: int) -> None:
+        self._target, self._tls, self._size = target, tls, size
+        self._channels: list[Any] = []
+        self._turn = 0
+
+    def call(self) -> Any:
+        """The ModelInfer call on the next channel (bytes in, bytes out: the client spends
+        no time on protobuf per request)."""
+        return self.next_channel().unary_unary(_MODEL_INFER)
+
+    def next_channel(self) -> Any:
+        """A new channel until there are ``size``, then the existing ones in turn."""
+        import grpc
+
+        if len(self._channels) < self._size:
+            options = [("grpc.use_local_subchannel_pool", 1)]  # a connection of its own
+            if self._tls is None:
+                channel = grpc.aio.insecure_channel(self._target, options=options)
+            else:
+                channel = grpc.aio.secure_channel(self._target, self._tls, options=options)
+            self._channels.append(channel)
+        channel = self._channels[self._turn % len(self._channels)]
+        self._turn += 1
+        return channel
+
+    def close(self) -> None:
+        # close() is a coroutine; it finishes inside the loop before the run ends.
+        for channel in self._channels:
+            _track_closing(channel.close())
+        self._channels = []
 
 
 _MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -279,17 +307,31 @@ def _parse_head(head: bytes) -> tuple[int, int, bool]:
     return status, length, close
 
 
-Connect = Callable[[], "_Connection | _GrpcConnection"]
+class _Connector:
+    """Makes the connections of one run, each sending the spec's request; ``close`` ends
+    what they share (the gRPC channels)."""
+
+    def __init__(
+        self, connect: Callable[[], _Connection | _GrpcConnection], pool: _ChannelPool | None
+    ) -> None:
+        self._connect, self._pool = connect, pool
+
+    def __call__(self) -> _Connection | _GrpcConnection:
+        return self._connect()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
 
 
-def _prepare(spec: LoadSpec) -> Connect:
-    """A factory of connections that each send the spec's request."""
+def _prepare(spec: LoadSpec) -> _Connector:
+    """The connections of one run."""
     parts = urlsplit(spec.url)
     if parts.scheme in ("grpc", "grpcs"):
         return _prepare_grpc(spec, parts.hostname or "127.0.0.1", parts.port or 8081)
     tls = _client_tls(spec.ca_file) if parts.scheme == "https" else None
     host, port, request = _http_request(spec)
-    return lambda: _Connection(host, port, request, tls)
+    return _Connector(lambda: _Connection(host, port, request, tls), None)
 
 
 def _http_request(spec: LoadSpec) -> tuple[str, int, bytes]:
@@ -306,7 +348,7 @@ def _http_request(spec: LoadSpec) -> tuple[str, int, bytes]:
     return host, port, head.encode() + spec.body
 
 
-def _prepare_grpc(spec: LoadSpec, host: str, port: int) -> Connect:
+def _prepare_grpc(spec: LoadSpec, host: str, port: int) -> _Connector:
     tls = None
     if urlsplit(spec.url).scheme == "grpcs":
         import grpc
@@ -314,8 +356,8 @@ def _prepare_grpc(spec: LoadSpec, host: str, port: int) -> Connect:
         roots = Path(spec.ca_file).read_bytes() if spec.ca_file else None
         tls = grpc.ssl_channel_credentials(root_certificates=roots)
     metadata = tuple((k.lower(), v) for k, v in spec.headers.items())
-    target = f"{host}:{port}"
-    return lambda: _GrpcConnection(target, spec.body, metadata, tls)
+    pool = _ChannelPool(f"{host}:{port}", tls, spec.grpc_channels)
+    return _Connector(lambda: _GrpcConnection(pool.call(), spec.body, metadata), pool)
 
 
 def _client_tls(ca_file: str | None) -> ssl.SSLContext:
@@ -348,7 +390,10 @@ async def _closed_loop(
         finally:
             connection.close()
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    try:
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    finally:
+        connect.close()
     elapsed = time.perf_counter() - start
     return summarize(scenario, latencies, statuses, elapsed, spec.slo_s, concurrency=concurrency)
 
@@ -398,6 +443,7 @@ async def _open_loop(spec: LoadSpec) -> ScenarioResult:
     elapsed = max(time.perf_counter() - start, spec.duration_s if len(schedule) else 0.0)
     for connection in idle:
         connection.close()
+    connect.close()
     return summarize("server", latencies, statuses, elapsed, spec.slo_s, target_qps=spec.qps)
 
 

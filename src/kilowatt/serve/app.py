@@ -37,6 +37,7 @@ from kilowatt.serve.protocol import (
     encode_oip,
     encode_predict,
 )
+from kilowatt.serve.repository import Repository
 from kilowatt.serve.server import InferenceServer
 from kilowatt.spec.serve import ServeSpec
 
@@ -58,6 +59,7 @@ ROUTING_KEY_HEADER = "kilowatt-routing-key"
 #: The process id of the worker that answered (several workers share a port).
 WORKER_HEADER = "kilowatt-worker-pid"
 _BINARY_HEADER = "inference-header-content-length"
+_WORKER = WORKER_HEADER.encode()
 
 _INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 _JSON = b"application/json"
@@ -98,9 +100,20 @@ class ServeApp:
         self.server = server
         self.max_body_bytes = max_body_bytes
         self._pid = str(os.getpid()).encode()
-        #: The other workers of this server, when there are several (``kilowatt.serve.fleet``).
-        self.fleet: Fleet | None = None
+        #: Whether the model repository may be read and changed (HTTP and gRPC).
+        self.admin = admin
+        self.repository = Repository(server)
         self.api = _build_api(self, admin)
+
+    @property
+    def fleet(self) -> Fleet | None:
+        """The other workers of this server, when there are several; repository changes
+        reach them through it (``kilowatt.serve.fleet``)."""
+        return self.repository.fleet
+
+    @fleet.setter
+    def fleet(self, fleet: Fleet | None) -> None:
+        self.repository.fleet = fleet
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -120,6 +133,8 @@ class ServeApp:
         else:
             reply = await self.handle(scope["path"], body, headers, arrival_s)
         status, reply_headers, payload = reply
+        # Every answer, errors included, says which worker gave it.
+        reply_headers.append((_WORKER, self._pid))
         reply_headers.append((b"content-length", str(len(payload)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": reply_headers})
         await send({"type": "http.response.body", "body": payload})
@@ -226,7 +241,6 @@ class ServeApp:
         return [
             (b"content-type", content_type),
             (b"kilowatt-model-version", version.encode()),
-            (WORKER_HEADER.encode(), self._pid),
         ]
 
 
@@ -274,7 +288,7 @@ async def _lifespan(api: FastAPI) -> AsyncIterator[None]:
     fleet: Fleet | None = api.state.front.fleet
     if fleet is not None:
         await fleet.start()  # replays the repository changes made before this worker started
-    grpc_endpoint = await _start_grpc(server)
+    grpc_endpoint = await _start_grpc(api.state.front)
     api.state.grpc_endpoint = grpc_endpoint  # its bound port, for whoever runs the app in-process
     try:
         yield
@@ -287,15 +301,19 @@ async def _lifespan(api: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(server.close, server.spec.drain_timeout_s)
 
 
-async def _start_grpc(server: InferenceServer) -> Any:
-    """The gRPC endpoint on the same engines, in this event loop, when the spec asks."""
-    spec = server.spec
+async def _start_grpc(front: ServeApp) -> Any:
+    """The gRPC endpoint on the same engines and repository, in this event loop, when the
+    spec asks."""
+    spec = front.server.spec
     if spec.grpc_port is None:
         return None
     from kilowatt.serve.grpc import GrpcEndpoint, read_tls_pair
 
     tls = read_tls_pair(spec.tls_cert, spec.tls_key) if spec.tls_cert and spec.tls_key else None
-    endpoint = GrpcEndpoint(server, spec.host, spec.grpc_port, tls, spec.max_body_bytes)
+    repository = front.repository if front.admin else None
+    endpoint = GrpcEndpoint(
+        front.server, spec.host, spec.grpc_port, tls, spec.max_body_bytes, repository
+    )
     port = await endpoint.start()
     if spec.grpc_port == 0:  # bound here: say which port (several workers get it from run)
         announce("serve", grpc_url(spec, port))

@@ -3,8 +3,8 @@ inference routes (whose traffic the lean ASGI path in ``app`` answers first)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Body, FastAPI, Request
@@ -12,9 +12,7 @@ from fastapi.responses import Response
 
 import kilowatt
 from kilowatt.serve.errors import InvalidInput, UnknownModel
-from kilowatt.serve.fleet import apply_change
 from kilowatt.serve.metrics import CONTENT_TYPE_LATEST
-from kilowatt.spec.serve import ModelSpec
 
 if TYPE_CHECKING:
     from kilowatt.serve.app import ServeApp
@@ -171,25 +169,16 @@ def _add_metadata(api: FastAPI, front: ServeApp) -> None:
         return Response(status_code=200 if engine.ready else 503)
 
 
-async def _change(front: ServeApp, change: dict[str, Any]) -> None:
-    # With several workers the change goes through the shared journal, so every worker
-    # applies it before the call returns; alone, it applies here.
-    if front.fleet is not None:
-        await front.fleet.submit(change)
-    else:
-        await asyncio.to_thread(apply_change, front.server, change)
-
-
 def _add_repository(api: FastAPI, front: ServeApp) -> None:
+    repository = front.repository
+
+    @api.get("/v2/repository/index", summary="Served model versions and their state")
+    def index() -> list[dict[str, str]]:
+        return [asdict(entry) for entry in repository.index()]
+
     @api.post("/v2/repository/models/{name}/load", summary="Load (hot reload) a model version")
     async def load(name: str, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        params = dict(body.get("parameters") or {})
-        weights = params.pop("weights", None)
-        try:
-            spec = ModelSpec(name=name, **params)
-        except ValueError as exc:
-            raise InvalidInput(f"invalid model parameters: {exc}") from None
-        await _change(front, {"op": "load", "spec": spec.model_dump(), "weights": weights})
+        spec = await repository.load(name, body.get("parameters") or {})
         return {"name": name, "version": spec.version, "loaded": True}
 
     @api.post("/v2/repository/models/{name}/unload", summary="Drain and unload a version")
@@ -197,10 +186,10 @@ def _add_repository(api: FastAPI, front: ServeApp) -> None:
         version = (body.get("parameters") or {}).get("version")
         if not isinstance(version, str):
             raise InvalidInput("give the version to unload as parameters.version")
-        await _change(front, {"op": "unload", "name": name, "version": version})
+        await repository.unload(name, version)
         return {"name": name, "version": version, "unloaded": True}
 
     @api.post("/v2/repository/models/{name}/weights", summary="Shift traffic between versions")
     async def weights(name: str, body: dict[str, float] = Body(...)) -> dict[str, Any]:
-        await _change(front, {"op": "weights", "name": name, "weights": body})
+        await repository.set_weights(name, body)
         return {"name": name, "weights": body}

@@ -288,6 +288,11 @@ class InferenceServer:
         """Served engines by model name and version."""
         return {name: dict(route.engines) for name, route in self._routes.items()}
 
+    def deployed(self, name: str) -> tuple[dict[str, ModelSpec], dict[str, float]]:
+        """The spec of each served version of ``name``, and the traffic weights."""
+        route = self._route(name)
+        return dict(route.specs), dict(route.weights)
+
     def engine(self, name: str, version: str | None = None) -> ModelEngine:
         """The engine a request for ``name`` (and ``version``) would use, ignoring weights."""
         route = self._route(name)

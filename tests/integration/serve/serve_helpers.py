@@ -99,10 +99,10 @@ def running(server: InferenceServer, **app_options: Any) -> Iterator[str]:
 
 
 @contextmanager
-def running_with_grpc(server: InferenceServer) -> Iterator[tuple[str, str]]:
+def running_with_grpc(server: InferenceServer, **app_options: Any) -> Iterator[tuple[str, str]]:
     """``running``, for a spec with ``grpc_port=0``: yield (base URL, gRPC ``host:port``),
     the port being the one the gRPC server bound."""
-    app = create_app(server)
+    app = create_app(server, **app_options)
     with _running_app(app) as url:
         yield url, f"127.0.0.1:{app.api.state.grpc_endpoint.port}"
 

@@ -4,28 +4,38 @@ admin call reached, and the call returns once all of them have switched."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as triton
 from serve_helpers import Gate, make_server, serve_process
 
 from kilowatt.serve.errors import UnknownModel
 from kilowatt.serve.fleet import Fleet
+from kilowatt.serve.process import ServerProcess
 from kilowatt.spec import ModelSpec
 
 
-def _answers_by_worker(url: str, workers: int, max_requests: int = 400) -> dict[str, set[str]]:
-    """Model versions each worker answered with, asking until every worker has answered."""
+def _answers_by_worker(
+    url: str, workers: int, max_requests: int = 400, path: str = "/predict"
+) -> dict[str, set[str]]:
+    """Model versions each worker answered with (the status for an error), asking until
+    every worker has answered."""
     sample = {"inputs": np.zeros(16, dtype=np.float32).tolist()}
+    if path != "/predict":
+        sample = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", **sample}]}
     seen: dict[str, set[str]] = {}
     for count in range(max_requests):  # a new connection each time, so every worker takes some
-        reply = httpx.post(f"{url}/predict", json=sample, timeout=30)
-        assert reply.status_code == 200
+        reply = httpx.post(f"{url}{path}", json=sample, timeout=30)
         pid = reply.headers["kilowatt-worker-pid"]
-        seen.setdefault(pid, set()).add(reply.headers["kilowatt-model-version"])
+        answer = reply.headers.get("kilowatt-model-version", str(reply.status_code))
+        seen.setdefault(pid, set()).add(
+            answer if reply.status_code == 200 else str(reply.status_code)
+        )
         if len(seen) == workers and count >= 20:
             break
     assert len(seen) == workers, f"only workers {sorted(seen)} answered"
@@ -46,6 +56,29 @@ def test_reload_and_weights_through_one_worker_switch_every_worker(mlp_file: Pat
         shift = httpx.post(f"{url}/v2/repository/models/mlp/weights", json={"1": 1.0, "2": 0.0})
         assert shift.status_code == 200
         assert _answers_by_worker(url, workers=2) == {pid: {"1"} for pid in before}
+
+
+@pytest.mark.slow
+def test_grpc_load_and_unload_through_one_worker_switch_every_worker(
+    mlp_file: Path, tmp_path: Path
+) -> None:
+    args = [str(mlp_file), "--name", "mlp", "--workers", "2", "--admin", "--grpc-port", "0"]
+    with ServerProcess(args, log_path=tmp_path / "serve.log", ready_timeout_s=120) as server:
+        url = server.endpoint
+        before = _answers_by_worker(url, workers=2)
+        client = triton.InferenceServerClient(server.grpc_endpoint.removeprefix("grpc://"))
+        config = {"source": str(mlp_file), "version": "2", "weights": {"2": 1.0}}
+        client.load_model("mlp", config=json.dumps(config))
+        assert _answers_by_worker(url, workers=2) == {pid: {"2"} for pid in before}
+        config = {"source": str(mlp_file), "version": "1", "weights": {"1": 1.0}}
+        client.load_model("mlp", config=json.dumps(config))  # a hot reload of version 1
+        assert _answers_by_worker(url, workers=2) == {pid: {"1"} for pid in before}
+        unload = triton.service_pb2.RepositoryModelUnloadRequest(model_name="mlp")
+        unload.parameters["version"].string_param = "2"
+        client._client_stub.RepositoryModelUnload(unload, timeout=120)
+        # Version 2 is gone from every worker.
+        gone = _answers_by_worker(url, workers=2, path="/v2/models/mlp/versions/2/infer")
+        assert gone == {pid: {"404"} for pid in before}
 
 
 def test_a_change_fails_for_the_caller_and_later_workers_catch_up(tmp_path: Path) -> None:

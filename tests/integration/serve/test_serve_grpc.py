@@ -3,6 +3,7 @@ on the same engines as HTTP."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -206,3 +207,84 @@ def test_workers_serve_the_grpc_port_their_parent_bound(mlp_file: Path, tmp_path
     # --grpc-port 0: the port was bound by the server, announced, and the workers serve it
     assert port != 0 and port in listening
     np.testing.assert_allclose(result.as_numpy("output0"), _expected(SAMPLES), atol=1e-4)
+
+
+def _versions(client: triton.InferenceServerClient) -> list[tuple[str, str, str]]:
+    index = client.get_model_repository_index().models
+    return [(m.name, m.version, m.state) for m in index]
+
+
+def _answer(client: triton.InferenceServerClient) -> tuple[str, list[float]]:
+    """The version that answers a sample of ones, and its answer."""
+    result = client.infer("m", [_input("x", np.ones((1, 2), np.float32), "FP32")])
+    return result.get_response().model_version, result.as_numpy("output0")[0].tolist()
+
+
+def test_tritonclient_lists_loads_reloads_and_unloads_models() -> None:
+    server = make_server(ModelSpec(name="m", source="scale:1"), factory=Gate(), grpc_port=0)
+    with running_with_grpc(server, admin=True) as (_, target):
+        client = triton.InferenceServerClient(target)
+        assert _versions(client) == [("m", "1", "READY")]
+        config = {"source": "scale:3", "version": "2", "weights": {"2": 1.0}}
+        client.load_model("m", config=json.dumps(config))
+        assert _versions(client) == [("m", "1", "READY"), ("m", "2", "READY")]
+        assert _answer(client) == ("2", [3.0, 3.0])
+        client.load_model("m")  # a reload from the sources keeps the traffic weights
+        assert _versions(client) == [("m", "1", "READY"), ("m", "2", "READY")]
+        assert _answer(client) == ("2", [3.0, 3.0])
+        # One version, through the raw stub: tritonclient's unload names no version.
+        request = pb.RepositoryModelUnloadRequest(model_name="m")
+        request.parameters["version"].string_param = "1"
+        with grpc.insecure_channel(target) as channel:
+            pb_grpc.GRPCInferenceServiceStub(channel).RepositoryModelUnload(request, timeout=30)
+        assert _versions(client) == [("m", "2", "READY")]
+        client.unload_model("m")  # every version
+        assert _versions(client) == []
+        assert not client.is_model_ready("m")
+
+
+@pytest.mark.parametrize(
+    ("call", "status", "message"),
+    [
+        (lambda c: c.unload_model("nope"), "StatusCode.NOT_FOUND", "no model named 'nope'"),
+        (lambda c: c.load_model("nope"), "StatusCode.NOT_FOUND", "no model named 'nope'"),
+        (
+            lambda c: c.load_model("m", config='{"version": "2"}'),
+            "StatusCode.INVALID_ARGUMENT",
+            "(?s)invalid model parameters.*source",
+        ),
+        (
+            lambda c: c.load_model("m", config="[1]"),
+            "StatusCode.INVALID_ARGUMENT",
+            "must be a JSON object",
+        ),
+        (
+            lambda c: c.load_model("m", config="{}", files={"file:1/model.pt": b"x"}),
+            "StatusCode.INVALID_ARGUMENT",
+            r"parameters \['file:1/model.pt'\] are not supported",
+        ),
+    ],
+)
+def test_bad_repository_calls_get_their_grpc_status(call, status: str, message: str) -> None:
+    server = make_server(ModelSpec(name="m", source="scale:1"), factory=Gate(), grpc_port=0)
+    with running_with_grpc(server, admin=True) as (_, target):
+        client = triton.InferenceServerClient(target)
+        with pytest.raises(InferenceServerException, match=message) as error:
+            call(client)
+        assert error.value.status() == status
+        assert _versions(client) == [("m", "1", "READY")]  # nothing changed
+
+
+def test_repository_calls_are_refused_without_admin(mlp_grpc) -> None:
+    _, _, target = mlp_grpc
+    client = triton.InferenceServerClient(target)
+    calls = [
+        client.get_model_repository_index,
+        lambda: client.load_model("mlp"),
+        lambda: client.unload_model("mlp"),
+    ]
+    for call in calls:
+        with pytest.raises(InferenceServerException, match="start it with --admin") as error:
+            call()
+        assert error.value.status() == "StatusCode.PERMISSION_DENIED"
+    assert client.is_model_ready("mlp")  # still served

@@ -266,10 +266,14 @@ def test_hot_reload_under_load_has_zero_failed_requests() -> None:
             timeout=60,
         )
         assert loaded.status_code == 200
+        index = httpx.get(f"{url}/v2/repository/index").json()
+        assert [(e["version"], e["state"]) for e in index] == [("1", "READY"), ("2", "READY")]
         unloaded = httpx.post(
             f"{url}/v2/repository/models/m/unload", json={"parameters": {"version": "1"}}
         )
         assert unloaded.status_code == 200
+        index = httpx.get(f"{url}/v2/repository/index").json()
+        assert index == [{"name": "m", "version": "2", "state": "READY"}]
         count = len(statuses)
         _wait_for(lambda: len(statuses) >= count + 50)
         stop.set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 
@@ -10,6 +11,7 @@ import pytest
 
 from kilowatt.bench.loadgen import (
     LoadSpec,
+    _ChannelPool,
     _http_request,
     _parse_head,
     default_body,
@@ -61,6 +63,7 @@ def test_prepared_request_carries_path_host_and_length() -> None:
         ({"qps": 0}, "qps must be > 0"),  # no arrivals
         ({"url": "ftp://x/predict"}, "must be http"),  # a protocol it does not speak
         ({"url": "grpc://127.0.0.1:1"}, "must name the model"),  # gRPC needs the model
+        ({"grpc_channels": 0}, "grpc_channels >= 1"),  # calls with no channel to go on
     ],
 )
 def test_load_spec_rejects_unbounded_or_bad_runs(options: dict, message: str) -> None:
@@ -104,3 +107,14 @@ def test_table_shows_load_and_milliseconds() -> None:
         "0",
         "100.0%",
     ]
+
+
+def test_grpc_calls_share_a_few_channels_in_turn() -> None:
+    async def scenario() -> list[int]:
+        pool = _ChannelPool("127.0.0.1:1", None, size=3)  # nothing listens: never connects
+        handed = [pool.next_channel() for _ in range(7)]
+        pool.close()
+        return [handed.index(channel) for channel in handed]
+
+    # Seven concurrent calls on three channels, one connection each, handed out in turn.
+    assert asyncio.run(scenario()) == [0, 1, 2, 0, 1, 2, 0]

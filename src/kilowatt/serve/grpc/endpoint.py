@@ -18,6 +18,7 @@ from kilowatt.errors import ServeError, SpecError
 from kilowatt.serve.grpc import grpc_predict_v2_pb2 as pb
 from kilowatt.serve.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from kilowatt.serve.grpc.service import InferenceServicer
+from kilowatt.serve.repository import Repository
 from kilowatt.serve.server import InferenceServer
 
 __all__ = ["SERVICE_NAME", "GrpcEndpoint", "read_tls_pair"]
@@ -50,6 +51,9 @@ class GrpcEndpoint:
         port: TCP port; 0 picks a free one (``start`` returns the bound port).
         tls: PEM (certificate chain, private key) to serve over TLS.
         max_message_bytes: largest request or response message.
+        repository: answers the repository methods (index, load, unload); without it
+            they are refused with PERMISSION_DENIED, as the HTTP server has no
+            repository routes without ``--admin``.
     """
 
     def __init__(
@@ -59,11 +63,13 @@ class GrpcEndpoint:
         port: int,
         tls: tuple[bytes, bytes] | None = None,
         max_message_bytes: int = 8 << 20,
+        repository: Repository | None = None,
     ) -> None:
         self.server = server
         self.host = host
         self.port = port
         self.tls = tls
+        self.repository = repository
         self._options = [(name, max_message_bytes) for name in _MESSAGE_OPTIONS]
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -72,7 +78,7 @@ class GrpcEndpoint:
         """Bind and start serving; returns the bound port."""
         self._grpc = grpc.aio.server(options=self._options)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.server), self._grpc
+            InferenceServicer(self.server, self.repository), self._grpc
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)

@@ -3,8 +3,11 @@
 
     python src/kilowatt/serve/grpc/generate_stubs.py
 
-The proto is KServe's published Open Inference Protocol definition, unchanged:
+The proto is KServe's published Open Inference Protocol definition:
 https://github.com/kserve/kserve/blob/aaac4e294dae2c7b1aa1886447793f3aa1c30912/python/kserve/kserve/protocol/grpc/grpc_predict_v2.proto
+with one change: the model repository messages (and the RepositoryIndex method) take
+Triton's wire layout, which Triton's clients speak; KServe's put ``model_name`` in the
+field number where Triton's put ``repository_name``.
 
 After ``protoc``, the message module is rewritten to register its types in a descriptor
 pool of its own instead of protobuf's default pool: Triton's client ships a compiled copy

@@ -7,10 +7,18 @@ INVALID_ARGUMENT, an unknown model NOT_FOUND, a full queue RESOURCE_EXHAUSTED, a
 that passed or cannot be met DEADLINE_EXCEEDED, a draining or loading model UNAVAILABLE.
 The client's gRPC deadline is the request's deadline; metadata ``kilowatt-deadline-ms``
 and ``kilowatt-routing-key`` work as the HTTP headers of the same names.
+
+The repository methods (index, load, unload) change every worker, as the HTTP admin
+routes do, and like them answer only on a server started with ``--admin``
+(PERMISSION_DENIED otherwise). A load with ``parameters["config"]``, a JSON object of
+model settings (``{"source": "model.pt", "version": "2"}``, the HTTP route's
+``parameters``), loads that version; without it, the served versions are reloaded from
+their sources. An unload without ``parameters["version"]`` unloads every version.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -33,6 +41,7 @@ from kilowatt.serve.errors import (
 from kilowatt.serve.grpc import grpc_predict_v2_pb2 as pb
 from kilowatt.serve.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from kilowatt.serve.grpc.tensors import decode_inputs, encode_outputs
+from kilowatt.serve.repository import Repository
 from kilowatt.serve.routes import EXTENSIONS, describe_model
 from kilowatt.serve.server import InferenceServer
 
@@ -80,10 +89,17 @@ async def _answer(context: grpc.aio.ServicerContext, work: Callable[[], Awaitabl
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """The OIP gRPC methods over one ``InferenceServer``."""
+    """The OIP gRPC methods over one ``InferenceServer``.
 
-    def __init__(self, server: InferenceServer) -> None:
+    Args:
+        server: the engines to serve.
+        repository: answers the repository methods; without it they are refused with
+            PERMISSION_DENIED (the server was not started with ``--admin``).
+    """
+
+    def __init__(self, server: InferenceServer, repository: Repository | None = None) -> None:
         self.server = server
+        self.repository = repository
 
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -136,6 +152,115 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return response
 
         return await _answer(context, work)
+
+    # -- model repository (Triton's message layout; see grpc_predict_v2.proto) ---------
+
+    async def RepositoryIndex(self, request: Any, context: Any) -> pb.RepositoryIndexResponse:
+        repository = await self._admin(context)
+
+        async def work() -> pb.RepositoryIndexResponse:
+            _one_repository(request.repository_name)
+            entry = pb.RepositoryIndexResponse.ModelIndex
+            return pb.RepositoryIndexResponse(
+                models=[
+                    entry(name=e.name, version=e.version, state=e.state)
+                    for e in repository.index(ready_only=request.ready)
+                ]
+            )
+
+        return await _answer(context, work)
+
+    async def RepositoryModelLoad(
+        self, request: Any, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        repository = await self._admin(context)
+
+        async def work() -> pb.RepositoryModelLoadResponse:
+            _one_repository(request.repository_name)
+            name = _model_name(request)
+            config = _load_config(request.parameters)
+            if config is None:  # Triton's "reload": the served versions, from their sources
+                await repository.reload(name)
+            else:
+                await repository.load(name, config)
+            return pb.RepositoryModelLoadResponse()
+
+        return await _answer(context, work)
+
+    async def RepositoryModelUnload(
+        self, request: Any, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        repository = await self._admin(context)
+
+        async def work() -> pb.RepositoryModelUnloadResponse:
+            _one_repository(request.repository_name)
+            name = _model_name(request)
+            await repository.unload(name, _unload_version(request.parameters))
+            return pb.RepositoryModelUnloadResponse()
+
+        return await _answer(context, work)
+
+    async def _admin(self, context: grpc.aio.ServicerContext) -> Repository:
+        if self.repository is None:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "the model repository is closed on this server; start it with --admin "
+                "to list, load and unload models",
+            )
+            raise AssertionError("abort() raises")  # pragma: no cover
+        return self.repository
+
+
+def _one_repository(name: str) -> None:
+    if name:
+        raise InvalidInput(
+            f"repository {name!r}: kilowatt serves a single repository; leave repository_name empty"
+        )
+
+
+def _model_name(request: Any) -> str:
+    if not request.model_name:
+        raise InvalidInput("model_name is empty; name the model to load or unload")
+    return str(request.model_name)
+
+
+def _load_config(parameters: Any) -> dict[str, Any] | None:
+    """The model settings of a load request (``parameters["config"]``: a JSON object with
+    ``source``, ``version``, ... as the HTTP load route's ``parameters``), or None for a
+    reload of what is served."""
+    unknown = sorted(set(parameters) - {"config"})
+    if unknown:
+        raise InvalidInput(
+            f"load parameters {unknown} are not supported: kilowatt loads a model from the "
+            'source named in parameters["config"], a JSON object such as '
+            '{"source": "model.pt", "version": "2"}'
+        )
+    if "config" not in parameters:
+        return None
+    text = parameters["config"].string_param
+    try:
+        config = json.loads(text)
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
+        raise InvalidInput(
+            f'parameters["config"] must be a JSON object of model settings, got {text!r}'
+        )
+    return config
+
+
+def _unload_version(parameters: Any) -> str | None:
+    """The version to unload (``parameters["version"]``), or None for every version;
+    ``unload_dependents`` (sent by Triton's client) has nothing to act on here."""
+    unknown = sorted(set(parameters) - {"version", "unload_dependents"})
+    if unknown:
+        raise InvalidInput(f"unload parameters {unknown} are not supported; give version")
+    if "version" not in parameters:
+        return None
+    version = str(parameters["version"].string_param)
+    if not version:
+        raise InvalidInput('parameters["version"] is empty; give a version, or no parameter')
+    return version
 
 
 def _options(context: Any) -> dict[str, Any]:
