@@ -127,6 +127,15 @@ class ShardStream(IterableDataset[tuple[int, int, dict[str, Any], Any]]):
         self.version, self.options, self.epoch, self.start = version, options, epoch, start
         # Set by ``share``: the epoch and starts in shared memory, for persistent workers.
         self._shared: Any = None
+        # Made on first read in the process that reads (each worker has its own), then kept
+        # across epochs: its memory tier and its figures outlive an epoch.
+        self._cache: ShardCache | None = None
+
+    def cache(self) -> ShardCache:
+        """This process's shard cache."""
+        if self._cache is None:
+            self._cache = _make_cache(self.options, self.version)
+        return self._cache
 
     def share(self, context: Any) -> None:
         """Keep the epoch and starts in shared memory made with multiprocessing ``context``,
@@ -181,7 +190,7 @@ class _WorkerReader:
         self.order = stream.order()
         self.plan_times = _plan_times(self.order, stream.epoch, self.version)
         self.mine = self.order.worker(stream.epoch, worker).shards
-        self.cache = _make_cache(self.options, self.version)
+        self.cache = stream.cache()
         self.cache.set_plan(AccessPlan([(t, sha) for t, sha, _ in self.plan_times]))
         self.my_times = [t for t, _, w in self.plan_times if w == (stream.epoch, worker)]
         self.pool = ThreadPoolExecutor(
@@ -338,7 +347,7 @@ class Loader:
         self._worker_stats: dict[int, CacheStats] = {}
         self.stats = LoaderStats()
         self._dataloader: DataLoader[Any] | None = None
-        self._stream: ShardStream
+        self._stream: ShardStream | None = None
 
     def for_rank(self, batch_size: int, rank: int, world_size: int, seed: int) -> Loader:
         """A copy reading ``rank``'s share in batches of ``batch_size`` (for the Trainer);
@@ -379,12 +388,8 @@ class Loader:
         self._positions = {int(k): int(v) for k, v in state["positions"].items()}
 
     def __iter__(self) -> Iterator[Any]:
-        items: Any
-        if self.options.num_workers > 0:
-            items = self._workers()
-            self._stream.retarget(self.epoch, self._positions)
-        else:
-            items = ShardStream(self.version, self.options, self.epoch, dict(self._positions))
+        items: Any = self._workers() if self.options.num_workers > 0 else self._one_stream()
+        self._one_stream().retarget(self.epoch, self._positions)
         iterator = iter(items)
         while True:
             started_s = time.perf_counter()
@@ -401,15 +406,22 @@ class Loader:
             yield batch if self.options.pair is None else _pair(batch, self.options.pair)
         self.epoch, self._positions = self.epoch + 1, {}
 
+    def _one_stream(self) -> ShardStream:
+        """The stream read in this process, kept across epochs with its cache."""
+        if self._stream is None:
+            self._stream = ShardStream(self.version, self.options, self.epoch, {})
+        return self._stream
+
     def _workers(self) -> DataLoader[Any]:
-        """The DataLoader whose worker processes (and their S3 clients, connection pools
-        and imports) persist across epochs; made on first use, ended with this loader."""
+        """The DataLoader whose worker processes (and their S3 clients, connection pools,
+        shard caches and imports) persist across epochs; made on first use, ended with
+        this loader."""
         if self._dataloader is None:
             context = multiprocessing.get_context("fork" if os.name == "posix" else None)
-            self._stream = ShardStream(self.version, self.options, self.epoch, {})
-            self._stream.share(context)
+            stream = self._one_stream()
+            stream.share(context)
             self._dataloader = DataLoader(
-                self._stream,
+                stream,
                 batch_size=None,
                 num_workers=self.options.num_workers,
                 multiprocessing_context=context,

@@ -415,6 +415,7 @@ class Loop:
             account=account,
             preempted=preempted,
             stopped_early=stopped_early,
+            data=self.data.metrics(),
         )
 
 
