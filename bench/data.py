@@ -5,12 +5,16 @@ behind a byte-counting proxy so every loader's remote bytes are counted the same
 same samples, same shard size, a disk cache of half the data set, each loader alone:
 
 - kilowatt: ``kilowatt.data.Loader`` (Belady eviction; and with the cache-aware order);
-- mosaicml-streaming: ``StreamingDataset(cache_limit=...)`` with its defaults, and with
-  ``shuffle_algo="py1s"``, which its performance-tuning page advises when downloads are
-  the bottleneck;
+- mosaicml-streaming: ``StreamingDataset(cache_limit=...)`` with its defaults, and sized
+  for the cache as its performance-tuning page says (a py1e shuffle block of 4 shards; or
+  py1s with one canonical node);
 - litdata: ``StreamingDataset(max_cache_size=...)`` with its defaults, and with
   ``max_pre_download=1`` (fewer chunks held ahead in a small cache);
-- plain fsspec: every shard read from S3 each epoch, no cache.
+- plain fsspec: every shard read from S3 each epoch, no cache, in a shuffled order, each
+  shard whole in one GET (``cat_file``), in the consumer's process.
+
+Epoch 1 runs from before each loader's setup (its S3 client, listing or index, workers);
+each runner has imported its modules before that.
 
 Per loader: remote bytes per epoch (and epochs 2-3 against the optimum for the cache,
 (1 - cache/data set) x data set per epoch), samples/s to a consumer that does nothing,
@@ -57,7 +61,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "kilowatt": ("kilowatt", {"cache_aware_order": False}),
     "kilowatt cache-aware": ("kilowatt", {"cache_aware_order": True}),
     "streaming": ("streaming", {}),
-    "streaming py1s": ("streaming", {"shuffle_algo": "py1s"}),
+    # Its performance-tuning page: the cache must hold the shards of a shuffle block
+    # (py1e: k=1 x ceil(block / samples per shard) x canonical nodes / nodes); its default
+    # block (max(4M / canonical nodes, 2^18) samples) spans the whole data set here.
+    "streaming block4": ("streaming", {"shuffle_algo": "py1e", "shuffle_block_shards": 4}),
+    # ... or py1s/py2s with few canonical nodes: about 2 shards each (its default is 64).
+    "streaming py1s nc1": ("streaming", {"shuffle_algo": "py1s", "num_canonical_nodes": 1}),
     "litdata": ("litdata", {}),
     "litdata pre1": ("litdata", {"max_pre_download": 1}),
     "fsspec": ("fsspec", {}),
@@ -353,6 +362,13 @@ def _run_streaming(config: dict[str, Any]) -> dict[str, Any]:
     from streaming import StreamingDataset
     from torch.utils.data import DataLoader
 
+    settings = dict(config["settings"])
+    if "shuffle_block_shards" in settings:  # a shuffle block of that many shards' samples
+        data = config["data"]["kilowatt"]
+        settings["shuffle_block_size"] = settings.pop("shuffle_block_shards") * (
+            data["rows"] // data["shards"]
+        )
+
     def setup() -> Any:
         dataset = StreamingDataset(
             remote=config["data"]["streaming"]["url"],
@@ -360,7 +376,7 @@ def _run_streaming(config: dict[str, Any]) -> dict[str, Any]:
             batch_size=config["batch_size"],
             shuffle=True,
             cache_limit=config["cache_bytes"],
-            **config["settings"],
+            **settings,
         )
         loader = DataLoader(dataset, batch_size=config["batch_size"], num_workers=config["workers"])
 
