@@ -59,6 +59,9 @@ class LoaderOptions:
     num_workers: int = 0
     shuffle_window: int = 2
     prefetch_shards: int = 2
+    #: Concurrent shard downloads per process; raise it where one connection cannot fill
+    #: the link (remote object stores far away).
+    fetch_threads: int = 2
     map: Callable[[Sample], Sample] | None = None
     filter: Callable[[Sample], bool] | None = None
     collate: Callable[[list[Sample]], Any] | None = None
@@ -71,7 +74,7 @@ class LoaderOptions:
     pair: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "world_size", "shuffle_window"):
+        for name in ("batch_size", "world_size", "shuffle_window", "fetch_threads"):
             if getattr(self, name) < 1:
                 raise DataError(f"{name}={getattr(self, name)} must be at least 1")
         if not 0 <= self.rank < self.world_size:
@@ -193,9 +196,7 @@ class _WorkerReader:
         self.cache = stream.cache()
         self.cache.set_plan(AccessPlan([(t, sha) for t, sha, _ in self.plan_times]))
         self.my_times = [t for t, _, w in self.plan_times if w == (stream.epoch, worker)]
-        self.pool = ThreadPoolExecutor(
-            self.options.shuffle_window + self.options.prefetch_shards, "kilowatt-prefetch"
-        )
+        self.pool = ThreadPoolExecutor(self.options.fetch_threads, "kilowatt-prefetch")
         self.pending: dict[int, Future[bytes]] = {}
         # One filesystem (and S3 client) for the prefetch threads: made here, before they
         # start, so they do not each build one; fsspec keeps it for this process.
@@ -229,18 +230,18 @@ class _WorkerReader:
             yield self.worker, consumed, dataclasses.asdict(self.cache.stats), last
 
     def _window_columns(self, index: int, count: int) -> dict[str, Any]:
-        # Every shard of the window and the next ``prefetch_shards`` are in flight before
-        # waiting on the first, so a window's fetches overlap rather than queue.
-        for ahead in range(index, index + count + self.options.prefetch_shards):
-            self._submit(ahead)
-        tables = [self._shard_table(index + k) for k in range(count)]
+        # The window's shards and the next ``prefetch_shards`` are queued in the order they
+        # are read, for ``fetch_threads`` threads: downloads never pause while there is room
+        # ahead, and the shards waited on now do not share the link with those read later.
+        for shard in range(index, index + count + self.options.prefetch_shards):
+            self._submit(shard)
+        data = [self.pending.pop(shard).result() for shard in range(index, index + count)]
+        tables = [self._decode(index + k, blob) for k, blob in enumerate(data)]
         return table_to_arrays(pa.concat_tables(tables))
 
-    def _shard_table(self, index: int) -> pa.Table:
-        data = self.pending.pop(index).result()
-        return decode_shard(
-            data, self.version.shard_url(self.version.manifest.shards[self.mine[index]])
-        )
+    def _decode(self, index: int, data: bytes) -> pa.Table:
+        shard = self.version.manifest.shards[self.mine[index]]
+        return decode_shard(data, self.version.shard_url(shard))
 
     def _submit(self, index: int) -> None:
         if index >= len(self.mine) or index in self.pending:
