@@ -267,8 +267,9 @@ def run_variant(
             "timed_out_s": args.variant_timeout_s,
             "remote_bytes": remote_bytes(proxy_url) - before,
         }
-    if process.returncode != 0:
-        raise RuntimeError(f"{name} failed:\n{stderr[-3000:]}")
+    if process.returncode != 0:  # reported in the table; the other loaders still run
+        print(f"{name} failed:\n{stderr[-3000:]}", file=sys.stderr)
+        return {"failed": stderr.strip().splitlines()[-1] if stderr.strip() else "no output"}
     return json.loads(stdout.strip().splitlines()[-1])
 
 
@@ -488,6 +489,9 @@ def _litdata_samples(item: tuple[float, int, int]) -> Any:
 
 def summarise(name: str, runs: list[dict[str, Any]], data_bytes: int) -> dict[str, Any]:
     optimum = data_bytes - data_bytes // 2
+    failed = [r for r in runs if "failed" in r]
+    if failed:
+        return {"loader": name, "failed": failed[0]["failed"]}
     overran = [r for r in runs if "timed_out_s" in r]
     if overran:
         return {
@@ -516,7 +520,9 @@ def print_table(rows: list[dict[str, Any]], data: dict[str, Any], args: argparse
     peers = [
         r
         for r in rows
-        if r["loader"].split()[0] in ("streaming", "litdata") and "timed_out_s" not in r
+        if r["loader"].split()[0] in ("streaming", "litdata")
+        and "timed_out_s" not in r
+        and "failed" not in r
     ]
     best_bytes = min((r["remote_mb_per_later_epoch"] for r in peers), default=float("nan"))
     best_rate = max((r["samples_per_s"] for r in peers), default=float("nan"))
@@ -534,6 +540,9 @@ def print_table(rows: list[dict[str, Any]], data: dict[str, Any], args: argparse
     )
     print(header)
     for r in rows:
+        if "failed" in r:
+            print(f"{r['loader']:<22} failed: {r['failed'][:100]}")
+            continue
         if "timed_out_s" in r:
             print(
                 f"{r['loader']:<22} did not finish {args.epochs} epochs + 1 in "
