@@ -319,3 +319,69 @@ def _check_registry(driver: Any, url: str) -> None:
     )
     assert "/api/v1/runs/{run_id}" in driver.find_element(By.CSS_SELECTOR, ".swagger-ui").text
     _shot(driver, "08-docs")
+
+
+def _train_from_a_data_set(tmp_path: Path) -> tuple[str, int]:
+    """Train two whole epochs through ``kilowatt.data.Loader``; the run id and the data
+    set's bytes (each epoch reads them all: the first from storage, the second from memory)."""
+    import numpy as np
+    import torch
+
+    import kilowatt
+    from kilowatt.backends.recorder import StoreRecorder
+    from kilowatt.data import Loader, Storage, create_dataset
+
+    rows, batch = 256, 16
+    rng = np.random.default_rng(0)
+    arrays = {"x": rng.random((rows, 4), dtype=np.float32), "id": np.arange(rows)}
+    storage = Storage(str(tmp_path / "data"))
+    version = create_dataset(arrays, "points", "v1", storage, shard_bytes=2048)
+    with kilowatt.start_run(project="e2e", name="from-data") as run:
+        model = torch.nn.Linear(4, 1)
+        kilowatt.Trainer(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.01),
+            train_data=Loader(version),
+            training_step=lambda m, b: m(b["x"]).pow(2).mean(),
+            callbacks=[StoreRecorder(run.id)],
+            steps=2 * rows // batch,
+            batch_size=batch,
+            log_every=4,
+            device="cpu",
+            progress=False,
+        ).fit()
+        return run.id, version.manifest.bytes
+
+
+def test_run_page_shows_the_data_panel(browser: Any, dashboard_url: str, tmp_path: Path) -> None:
+    run_id, size = _train_from_a_data_set(tmp_path)
+    browser.get(f"{dashboard_url}/#/runs/{run_id}")
+    _wait_page(browser, "run")
+    panel = browser.find_element(By.ID, "data-panel")
+    assert panel.is_displayed()
+
+    def tier(name: str, figure: str) -> Any:
+        return panel.find_element(
+            By.CSS_SELECTOR, f'tr[data-tier="{name}"] td[data-figure="{figure}"]'
+        )
+
+    # the figures the run ended on, as the panel shows them
+    assert float(tier("remote", "bytes").get_attribute("data-value")) == size
+    assert float(tier("memory", "bytes").get_attribute("data-value")) == size
+    assert float(tier("disk", "bytes").get_attribute("data-value")) == 0
+    assert tier("memory", "hit-rate").text == "50.0%"
+    assert tier("remote", "bytes").text.endswith(("B", "KiB")) and tier("remote", "bytes").text
+    for card in ("fetch-latency", "data-wait"):
+        value = panel.find_element(By.CSS_SELECTOR, f'.card[data-key="{card}"] .value').text
+        assert value.endswith("s") and value != "–", (card, value)
+    charts = {
+        c.get_attribute("data-metric")
+        for c in panel.find_elements(By.CSS_SELECTOR, "#data-charts .chart")
+    }
+    assert {"data_remote_bytes", "data_wait_s", "data_memory_hit_rate"} <= charts
+    assert _coloured_pixels(browser, "#data-charts", TEAL) > 100  # the curves are drawn
+    shown_elsewhere = browser.find_elements(
+        By.CSS_SELECTOR, '#metric-charts .chart[data-metric^="data_"]'
+    ) + browser.find_elements(By.CSS_SELECTOR, '#system-charts .chart[data-metric^="data_"]')
+    assert shown_elsewhere == []
+    _shot(browser, "09-run-data")

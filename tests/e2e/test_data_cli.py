@@ -111,7 +111,7 @@ def test_train_reads_a_data_set_and_records_the_lineage_edge(
         "model: examples.train.tiny:make_model\n"
         "loss: examples.train.tiny:loss_fn\n"
         "data: {dataset: 'reg:v1', inputs: inputs, targets: targets, checks: {min_rows: 100}}\n"
-        "steps: 20\nbatch_size: 16\nprogress: false\n"
+        f"steps: {2 * ROWS // 16}\nbatch_size: 16\nprogress: false\n"  # two whole epochs
     )
     assert main(["train", str(spec)]) == 0
     with open_store(Settings.from_env()) as store:
@@ -120,10 +120,14 @@ def test_train_reads_a_data_set_and_records_the_lineage_edge(
         runs = [n for n in graph.children(("dataset", str(dataset.id))) if n.kind == "run"]
         assert len(runs) == 1
         metrics = store.latest_metrics(runs[0].id)
-    # the loader's figures reach the run (logged every few steps, so the last reading may
-    # predate the final shards: present and positive, not a byte count to match)
-    assert metrics["data_remote_bytes"] > 0
-    assert metrics["data_wait_s"] > 0 and 0.0 <= metrics["data_memory_hit_rate"] <= 1.0
+    # The run ends on the loader's totals: epoch 1 reads every shard from where the data
+    # set lives (in place: it is local), epoch 2 every shard from the memory tier.
+    shards = Settings.from_env().home / "data" / "reg" / "v1" / "shards"
+    shard_bytes = sum(p.stat().st_size for p in shards.iterdir())
+    assert metrics["data_remote_bytes"] == shard_bytes
+    assert metrics["data_memory_bytes"] == shard_bytes
+    assert metrics["data_memory_hit_rate"] == 0.5 and metrics["data_disk_hit_rate"] == 0.0
+    assert metrics["data_wait_s"] > 0 and metrics["data_fetch_latency_s"] > 0
 
     spec.write_text(spec.read_text().replace("min_rows: 100", "min_rows: 1000"))
     assert main(["train", str(spec)]) == 1

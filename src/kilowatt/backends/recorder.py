@@ -105,7 +105,8 @@ class StoreRecorder(Callback):
     def on_fit_end(self, result: FitResult) -> None:
         summary = {f"fit_{k}": v for k, v in result.metrics().items()}
         summary.update(comparison_metrics(self.prediction, result))
-        self.run.log_metrics(summary, step=result.steps)
+        # The loader's totals at the end, so each data_* series ends on the whole fit's figure.
+        self.run.log_metrics({**summary, **result.data}, step=result.steps)
         if result.measurement is not None:
             self.run.log_usage(
                 time_s=result.duration_s,

@@ -59,6 +59,9 @@ class LoaderOptions:
     num_workers: int = 0
     shuffle_window: int = 2
     prefetch_shards: int = 2
+    #: Concurrent shard downloads per process; raise it where one connection cannot fill
+    #: the link (remote object stores far away).
+    fetch_threads: int = 2
     map: Callable[[Sample], Sample] | None = None
     filter: Callable[[Sample], bool] | None = None
     collate: Callable[[list[Sample]], Any] | None = None
@@ -71,7 +74,7 @@ class LoaderOptions:
     pair: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "world_size", "shuffle_window"):
+        for name in ("batch_size", "world_size", "shuffle_window", "fetch_threads"):
             if getattr(self, name) < 1:
                 raise DataError(f"{name}={getattr(self, name)} must be at least 1")
         if not 0 <= self.rank < self.world_size:
@@ -127,6 +130,15 @@ class ShardStream(IterableDataset[tuple[int, int, dict[str, Any], Any]]):
         self.version, self.options, self.epoch, self.start = version, options, epoch, start
         # Set by ``share``: the epoch and starts in shared memory, for persistent workers.
         self._shared: Any = None
+        # Made on first read in the process that reads (each worker has its own), then kept
+        # across epochs: its memory tier and its figures outlive an epoch.
+        self._cache: ShardCache | None = None
+
+    def cache(self) -> ShardCache:
+        """This process's shard cache."""
+        if self._cache is None:
+            self._cache = _make_cache(self.options, self.version)
+        return self._cache
 
     def share(self, context: Any) -> None:
         """Keep the epoch and starts in shared memory made with multiprocessing ``context``,
@@ -181,12 +193,10 @@ class _WorkerReader:
         self.order = stream.order()
         self.plan_times = _plan_times(self.order, stream.epoch, self.version)
         self.mine = self.order.worker(stream.epoch, worker).shards
-        self.cache = _make_cache(self.options, self.version)
+        self.cache = stream.cache()
         self.cache.set_plan(AccessPlan([(t, sha) for t, sha, _ in self.plan_times]))
         self.my_times = [t for t, _, w in self.plan_times if w == (stream.epoch, worker)]
-        self.pool = ThreadPoolExecutor(
-            self.options.shuffle_window + self.options.prefetch_shards, "kilowatt-prefetch"
-        )
+        self.pool = ThreadPoolExecutor(self.options.fetch_threads, "kilowatt-prefetch")
         self.pending: dict[int, Future[bytes]] = {}
         # One filesystem (and S3 client) for the prefetch threads: made here, before they
         # start, so they do not each build one; fsspec keeps it for this process.
@@ -220,18 +230,18 @@ class _WorkerReader:
             yield self.worker, consumed, dataclasses.asdict(self.cache.stats), last
 
     def _window_columns(self, index: int, count: int) -> dict[str, Any]:
-        # Every shard of the window and the next ``prefetch_shards`` are in flight before
-        # waiting on the first, so a window's fetches overlap rather than queue.
-        for ahead in range(index, index + count + self.options.prefetch_shards):
-            self._submit(ahead)
-        tables = [self._shard_table(index + k) for k in range(count)]
+        # The window's shards and the next ``prefetch_shards`` are queued in the order they
+        # are read, for ``fetch_threads`` threads: downloads never pause while there is room
+        # ahead, and the shards waited on now do not share the link with those read later.
+        for shard in range(index, index + count + self.options.prefetch_shards):
+            self._submit(shard)
+        data = [self.pending.pop(shard).result() for shard in range(index, index + count)]
+        tables = [self._decode(index + k, blob) for k, blob in enumerate(data)]
         return table_to_arrays(pa.concat_tables(tables))
 
-    def _shard_table(self, index: int) -> pa.Table:
-        data = self.pending.pop(index).result()
-        return decode_shard(
-            data, self.version.shard_url(self.version.manifest.shards[self.mine[index]])
-        )
+    def _decode(self, index: int, data: bytes) -> pa.Table:
+        shard = self.version.manifest.shards[self.mine[index]]
+        return decode_shard(data, self.version.shard_url(shard))
 
     def _submit(self, index: int) -> None:
         if index >= len(self.mine) or index in self.pending:
@@ -338,7 +348,7 @@ class Loader:
         self._worker_stats: dict[int, CacheStats] = {}
         self.stats = LoaderStats()
         self._dataloader: DataLoader[Any] | None = None
-        self._stream: ShardStream
+        self._stream: ShardStream | None = None
 
     def for_rank(self, batch_size: int, rank: int, world_size: int, seed: int) -> Loader:
         """A copy reading ``rank``'s share in batches of ``batch_size`` (for the Trainer);
@@ -379,12 +389,8 @@ class Loader:
         self._positions = {int(k): int(v) for k, v in state["positions"].items()}
 
     def __iter__(self) -> Iterator[Any]:
-        items: Any
-        if self.options.num_workers > 0:
-            items = self._workers()
-            self._stream.retarget(self.epoch, self._positions)
-        else:
-            items = ShardStream(self.version, self.options, self.epoch, dict(self._positions))
+        items: Any = self._workers() if self.options.num_workers > 0 else self._one_stream()
+        self._one_stream().retarget(self.epoch, self._positions)
         iterator = iter(items)
         while True:
             started_s = time.perf_counter()
@@ -401,15 +407,22 @@ class Loader:
             yield batch if self.options.pair is None else _pair(batch, self.options.pair)
         self.epoch, self._positions = self.epoch + 1, {}
 
+    def _one_stream(self) -> ShardStream:
+        """The stream read in this process, kept across epochs with its cache."""
+        if self._stream is None:
+            self._stream = ShardStream(self.version, self.options, self.epoch, {})
+        return self._stream
+
     def _workers(self) -> DataLoader[Any]:
-        """The DataLoader whose worker processes (and their S3 clients, connection pools
-        and imports) persist across epochs; made on first use, ended with this loader."""
+        """The DataLoader whose worker processes (and their S3 clients, connection pools,
+        shard caches and imports) persist across epochs; made on first use, ended with
+        this loader."""
         if self._dataloader is None:
             context = multiprocessing.get_context("fork" if os.name == "posix" else None)
-            self._stream = ShardStream(self.version, self.options, self.epoch, {})
-            self._stream.share(context)
+            stream = self._one_stream()
+            stream.share(context)
             self._dataloader = DataLoader(
-                self._stream,
+                stream,
                 batch_size=None,
                 num_workers=self.options.num_workers,
                 multiprocessing_context=context,

@@ -61,14 +61,45 @@ def table_to_arrays(table: pa.Table) -> dict[str, Any]:
     anything else becomes an object array."""
     out: dict[str, Any] = {}
     for name in table.column_names:
-        column = table.column(name).combine_chunks()
-        if isinstance(column.type, pa.FixedShapeTensorType):
-            out[name] = column.to_numpy_ndarray()
-        elif pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
-            out[name] = column.to_numpy(zero_copy_only=False)
-        else:
-            out[name] = np.asarray(column.to_pylist(), dtype=object)
+        chunks = table.column(name)
+        if isinstance(chunks.type, pa.FixedShapeTensorType):
+            out[name] = _tensors(chunks.combine_chunks())
+        elif _is_number(chunks.type):
+            out[name] = _numbers(chunks.combine_chunks())
+        else:  # straight from the chunks: combining them first would copy every value twice
+            out[name] = np.asarray(chunks.to_pylist(), dtype=object)
     return out
+
+
+def _is_number(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind)
+
+
+def _numbers(array: pa.Array) -> np.ndarray:
+    """A numeric column as numpy, a view of Arrow's buffer when it has no nulls.
+
+    The view also keeps a loader's worker off pyarrow's conversion path, which imports
+    pandas (a second or more) on its first use in a process.
+    """
+    if array.null_count:
+        return array.to_numpy(zero_copy_only=False)
+    kind = array.type
+    code = "f" if pa.types.is_floating(kind) else "i" if pa.types.is_signed_integer(kind) else "u"
+    dtype = np.dtype(f"{code}{kind.bit_width // 8}")
+    return np.frombuffer(
+        array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize
+    )
+
+
+def _tensors(array: pa.ExtensionArray) -> np.ndarray:
+    """A fixed-shape tensor column as an ``(rows, *shape)`` array (a view when it can be)."""
+    kind = array.type
+    shape = list(kind.shape)
+    row_major = kind.permutation is None or list(kind.permutation) == list(range(len(shape)))
+    values = array.storage.flatten()
+    if not row_major or array.storage.null_count or not _is_number(values.type):
+        return array.to_numpy_ndarray()
+    return _numbers(values).reshape(len(array), *shape)
 
 
 def _path_batches(path: Path) -> Iterator[pa.RecordBatch]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import uuid
@@ -55,8 +56,11 @@ class Storage:
     def filesystem(self, url: str) -> tuple[fsspec.AbstractFileSystem, str]:
         """The fsspec filesystem for ``url`` with this storage's options, and the path in it."""
         options = dict(self.options)
-        if url.startswith(("s3://", "s3a://")) and self.endpoint_url:
-            options.setdefault("endpoint_url", self.endpoint_url)
+        if url.startswith(("s3://", "s3a://")):
+            if self.endpoint_url:
+                options.setdefault("endpoint_url", self.endpoint_url)
+            if "profile" not in options:
+                options.setdefault("session", _s3_session())
         try:
             return url_to_fs(url, **options)
         except (ImportError, ValueError) as exc:
@@ -84,6 +88,19 @@ class Storage:
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, path)
+
+
+@functools.cache
+def _s3_session() -> Any:
+    """The process's one aiobotocore session, shared by its S3 filesystems.
+
+    It holds the service models an S3 client is built from, parsed once (a new session
+    takes up to a second to build its first client on a busy machine). A forked DataLoader
+    worker inherits it warm; its clients and connections stay per process.
+    """
+    import aiobotocore.session
+
+    return aiobotocore.session.AioSession()
 
 
 def is_local_url(url: str) -> bool:

@@ -129,6 +129,7 @@ class FitResult:
         checkpoint_url: the last checkpoint written, if any.
         checkpoint_stall_s: seconds the loop was blocked by checkpoints in total.
         checkpoints: how many checkpoints this process wrote.
+        data: the data loader's figures over the whole fit (``data_*``, as in StepEvent).
     """
 
     steps: int
@@ -150,6 +151,7 @@ class FitResult:
     checkpoint_stall_s: float = 0.0
     checkpoints: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
         """Summary figures by name, for a tracker (energy, cost and carbon included)."""

@@ -414,6 +414,7 @@ class Loop:
             account=account,
             preempted=preempted,
             stopped_early=stopped_early,
+            data=self.data.metrics(),
         )
 
 

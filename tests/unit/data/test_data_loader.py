@@ -171,3 +171,22 @@ def test_workers_persist_across_epochs_and_read_each_epochs_order(toy: DataSetVe
     fresh.set_epoch(1)
     assert _ids(second) == _ids(fresh) and _ids(second) != _ids(first)
     assert sorted(_ids(second)) == list(range(ROWS))
+
+
+@pytest.mark.parametrize("num_workers", [0, 1, 2])
+def test_figures_add_up_over_epochs_and_the_memory_tier_serves_the_second(
+    toy: DataSetVersion, num_workers: int
+) -> None:
+    shards, size = len(toy.manifest.shards), toy.manifest.bytes
+    loader = Loader(toy, batch_size=16, num_workers=num_workers)
+    list(loader)
+    first = loader.stats.metrics()
+    assert first["data_remote_bytes"] == size and first["data_memory_bytes"] == 0
+    list(loader)
+    both = loader.stats.metrics()
+    # every read counted once, by the tier that served it
+    assert both["data_remote_bytes"] + both["data_memory_bytes"] == 2 * size
+    assert loader.stats.cache.reads == 2 * shards and loader.stats.samples == 2 * ROWS
+    if num_workers <= 1:  # one process reads every shard: the second epoch is all memory
+        assert both["data_remote_bytes"] == size and loader.stats.cache.memory_hits == shards
+        assert both["data_memory_hit_rate"] == 0.5

@@ -5,6 +5,8 @@ import { bytes, duration, energy, esc, grams, num, si, usd, when } from "./forma
 
 // Metric keys drawn under "System" rather than "Metrics".
 const SYSTEM_KEY = /(^system[/.]|power|energy|throughput|samples_per_s|tokens_per_s|flops|mfu|step_time|stall|_w$|_j$|gco2e|cost_usd|memory)/;
+// The data loader's figures (kilowatt.data): drawn in the run page's Data panel.
+const DATA_KEY = /^data_/;
 // Latest-value requests in flight at once while the runs table fills in its figures.
 const FIGURE_REQUESTS = 6;
 
@@ -201,6 +203,33 @@ function lastValues(histories) {
     <th class="num">points</th></tr></thead><tbody>${rows}</tbody></table>`;
 }
 
+function percent(value) {
+  return value === null || value === undefined || Number.isNaN(value) ? "–" : `${(value * 100).toFixed(1)}%`;
+}
+
+// Bytes and hit rate per cache tier, fetch latency and the time the loop waited for data,
+// as the loader last reported them (a fit ends each series on its totals).
+function dataPanel(latest) {
+  const figure = (name) => latest[`data_${name}`];
+  const tiers = [
+    ["memory", figure("memory_bytes"), figure("memory_hit_rate")],
+    ["disk", figure("disk_bytes"), figure("disk_hit_rate")],
+    ["remote", figure("remote_bytes"), undefined],  // where the data set lives: no hit rate
+  ];
+  const rows = tiers.map(([tier, size, rate]) => `<tr data-tier="${tier}"><td>${tier}</td>
+    <td class="num" data-figure="bytes" data-value="${esc(size ?? "")}">${bytes(size)}</td>
+    <td class="num" data-figure="hit-rate" data-value="${esc(rate ?? "")}">${percent(rate)}</td></tr>`);
+  const cards = [
+    ["fetch-latency", "fetch latency (mean)", si(figure("fetch_latency_s"), "s")],
+    ["data-wait", "waiting for data", si(figure("wait_s"), "s")],
+    ["corrupt-refetches", "corrupt copies re-fetched", num(figure("corrupt_refetches"))],
+  ];
+  return `<table id="data-tiers"><thead><tr><th>tier</th><th class="num">bytes read</th>
+    <th class="num">hit rate</th></tr></thead><tbody>${rows.join("")}</tbody></table>
+    <div class="cards">${cards.map(([key, label, value]) =>
+      `<div class="card" data-key="${key}"><div class="label">${label}</div><div class="value">${value}</div></div>`).join("")}</div>`;
+}
+
 function lineageList(graph) {
   const names = new Map(graph.nodes.map((n) => [n.id, `${n.kind}: ${n.label}`]));
   const rows = graph.edges.map((e) =>
@@ -219,6 +248,8 @@ export async function runPage(main, args) {
     ${summaryCards(run, latest)}
     <h2>Metrics</h2><div class="charts" id="metric-charts"></div>
     <h2>System</h2><div class="charts" id="system-charts"></div>
+    <section id="data-panel" hidden><h2>Data</h2><div id="data-figures"></div>
+      <div class="charts" id="data-charts"></div></section>
     <div id="metric-table"></div>
     <h2>Parameters</h2>${keyValueTable("params", run.params)}
     <h2>Tags</h2>${keyValueTable("tags", run.tags)}
@@ -230,9 +261,16 @@ export async function runPage(main, args) {
     <h2>Lineage</h2>${lineageList(graph)}`;
   const keys = run.metric_keys || [];
   const histories = await fetchHistories(run.id, keys);
-  const system = histories.filter((h) => SYSTEM_KEY.test(h.key));
-  const model = histories.filter((h) => !SYSTEM_KEY.test(h.key));
+  const data = histories.filter((h) => DATA_KEY.test(h.key));
+  const system = histories.filter((h) => !DATA_KEY.test(h.key) && SYSTEM_KEY.test(h.key));
+  const model = histories.filter((h) => !DATA_KEY.test(h.key) && !SYSTEM_KEY.test(h.key));
   drawHistories(main.querySelector("#metric-charts"), model);
+  if (data.length) {  // a run that read a kilowatt data set
+    const panel = main.querySelector("#data-panel");
+    panel.hidden = false;
+    panel.querySelector("#data-figures").innerHTML = dataPanel(latest);
+    drawHistories(panel.querySelector("#data-charts"), data);
+  }
   const systemCharts = main.querySelector("#system-charts");
   const drawn = drawHistories(systemCharts, system);
   const power = system.find((h) => h.key.endsWith("power_w") && h.total_points > 1 && !h.downsampled);
