@@ -27,6 +27,7 @@ server and the spread over repeats, and writes bench/results/generate.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -36,6 +37,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,7 @@ from kilowatt.bench.genload import GenerativeLoadSpec, run_generative_load
 from kilowatt.meter import cpu_watts_per_core
 from kilowatt.ports import reserve_port
 from kilowatt.serve.generate.hfbuild import build_gpt2_folder
+from kilowatt.serve.process import ServerProcess
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "bench-gpt2"
@@ -196,42 +199,57 @@ def cpu_s(pid: int) -> float:
     return total
 
 
-def commands(
-    work: Path, model_dir: Path, port: int, static: tuple[int, float]
-) -> dict[str, list[str]]:
-    for name, source in (("naive", NAIVE_SERVER), ("static", STATIC_SERVER)):
-        (work / f"{name}.py").write_text(textwrap.dedent(source))
+def peer_command(
+    name: str, work: Path, model_dir: Path, port: int, static: tuple[int, float]
+) -> list[str]:
+    """A peer server's command: the benchmark's own scripts cannot announce a port, so they
+    get one reserved for them."""
+    for peer, source in (("naive", NAIVE_SERVER), ("static", STATIC_SERVER)):
+        (work / f"{peer}.py").write_text(textwrap.dedent(source))
     batch, wait_ms = static
-    batcher = [sys.executable, str(work / "static.py"), str(model_dir), str(port), str(batch),
-               str(wait_ms)]  # fmt: skip
-    kilowatt = [sys.executable, "-m", "kilowatt.cli.main", "generate", "serve", str(model_dir),
-                "--name", MODEL, "--port", str(port), "--kv-blocks", "2048",
-                "--no-calibrate"]  # fmt: skip
-    return {
-        "naive": [sys.executable, str(work / "naive.py"), str(model_dir), str(port)],
-        "static": batcher,
-        "kilowatt": kilowatt,
-    }
+    extra = [str(batch), str(wait_ms)] if name == "static" else []
+    return [sys.executable, str(work / f"{name}.py"), str(model_dir), str(port), *extra]
+
+
+@contextlib.contextmanager
+def running(
+    name: str, work: Path, model_dir: Path, static: tuple[int, float], env: dict[str, str]
+) -> Iterator[tuple[str, int]]:
+    """Start one server; yield (base URL, pid) once it answers. kilowatt binds its own port."""
+    if name == "kilowatt":
+        args = ["serve", str(model_dir), "--name", MODEL, "--kv-blocks", "2048", "--no-calibrate"]
+        with ServerProcess(
+            args, program="generate", log_path=work / "kilowatt.log", env=env, ready_timeout_s=300
+        ) as server:
+            yield server.endpoint, server.pid
+        return
+    port = reserve_port()
+    command = peer_command(name, work, model_dir, port, static)
+    process = subprocess.Popen(
+        command, start_new_session=True, stderr=subprocess.DEVNULL, env={**os.environ, **env}
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(f"{url}/health", process)
+        yield url, process.pid
+    finally:
+        stop(process)
 
 
 def measure(
-    name: str, command: list[str], port: int, qps: float, args: argparse.Namespace
-) -> dict[str, Any]:
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    process = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL, env=env)
-    try:
-        wait_healthy(f"{url}/health" if name != "kilowatt" else f"{url}/v1/models", process)
+    name: str, qps: float, static: tuple[int, float], work: Path, model_dir: Path,
+    args: argparse.Namespace,
+) -> dict[str, Any]:  # fmt: skip
+    env = {"OMP_NUM_THREADS": str(args.threads)}
+    with running(name, work, model_dir, static, env) as (url, pid):
         warm = {"model": MODEL, "prompt": "warm up", "max_tokens": 8, "temperature": 0}
         httpx.post(f"{url}/v1/completions", json=warm, timeout=120).raise_for_status()
         spec = GenerativeLoadSpec(url=url, model=MODEL, qps=qps, requests=args.requests,
                                   output_tokens=tuple(args.output_tokens),
                                   stream=name == "kilowatt", seed=args.seed)  # fmt: skip
-        before = cpu_s(process.pid)
+        before = cpu_s(pid)
         result = run_generative_load(spec).as_dict()
-        result["cpu_s"] = cpu_s(process.pid) - before
-    finally:
-        stop(process)
+        result["cpu_s"] = cpu_s(pid) - before
     watts = cpu_watts_per_core(None, "local-cpu")
     result["energy_j"] = result["cpu_s"] * watts
     result["energy_per_token_j"] = result["energy_j"] / max(result["output_tokens"], 1)
@@ -278,8 +296,7 @@ def run_one(
     name: str, qps: float, static: tuple[int, float], work: Path, model_dir: Path,
     args: argparse.Namespace,
 ) -> dict[str, Any]:  # fmt: skip
-    port = reserve_port()
-    result = measure(name, commands(work, model_dir, port, static)[name], port, qps, args)
+    result = measure(name, qps, static, work, model_dir, args)
     result["offered_tokens_per_s"] = qps * sum(args.output_tokens) / 2
     print(f"{name} at {qps:g} req/s: {result['output_tokens_per_s']:.1f} tok/s, TTFT p99 "
           f"{result['ttft_p99_s']:.2f} s, {result['energy_per_token_j']:.4f} J/token",

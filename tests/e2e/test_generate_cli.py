@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
+import psutil
 import pytest
 import torch
 
@@ -14,6 +16,7 @@ from kilowatt.plan import load_calibration
 from kilowatt.plan.calibration import serving_class
 from kilowatt.serve.generate import SamplingParams, load_runner
 from kilowatt.serve.generate.engine import GenerationEngine
+from kilowatt.serve.process import ServerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -52,3 +55,21 @@ def test_serve_refuses_a_folder_without_a_causal_lm(
     err = capsys.readouterr().err
     assert "is not a causal language model folder" in err
     assert "kilowatt generate train" in err
+
+
+def test_serve_binds_its_own_port_and_answers_there(tmp_path: Path) -> None:
+    assert main(["generate", "train", str(tmp_path / "tiny"), "--steps", "2"]) == 0
+    args = ["serve", str(tmp_path / "tiny"), "--name", "tiny", "--no-meter", "--no-calibrate"]
+    with ServerProcess(args, program="generate", log_path=tmp_path / "serve.log") as server:
+        port = int(server.endpoint.rsplit(":", 1)[1])
+        listening = {
+            c.laddr.port
+            for c in psutil.Process(server.pid).net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN
+        }
+        body = {"model": "tiny", "prompt": "The grid", "max_tokens": 3, "temperature": 0}
+        answer = httpx.post(f"{server.endpoint}/v1/completions", json=body, timeout=60)
+    # --port 0: the server bound a free port itself, announced it, and answers there
+    assert port != 0 and port in listening
+    assert answer.status_code == 200
+    assert answer.json()["usage"]["completion_tokens"] == 3

@@ -41,7 +41,7 @@ def serve(
     model_dir: Path = typer.Argument(..., help="A causal LM folder (kilowatt's or transformers')."),
     name: str = typer.Option(None, help="Model id clients ask for (default: folder name)."),
     host: str = typer.Option("127.0.0.1", help="Address to bind."),
-    port: int = typer.Option(8000, help="Port to bind."),
+    port: int = typer.Option(8000, min=0, help="Port to bind (0: a free one, announced)."),
     kv_blocks: int = typer.Option(512, min=1, help="KV-cache blocks (the memory budget)."),
     block_size: int = typer.Option(16, min=1, help="Token slots per KV block."),
     max_running: int = typer.Option(64, min=1, help="Most sequences per step."),
@@ -55,6 +55,7 @@ def serve(
     """Serve a causal LM with continuous batching behind the OpenAI API."""
     import uvicorn
 
+    from kilowatt.ports import announce, bound_url, listen
     from kilowatt.serve.generate import EngineConfig, build_generate_app
 
     energy = None
@@ -71,8 +72,11 @@ def serve(
     app, engine = build_generate_app(
         model_dir, config=config, name=name, meter=energy, device=device
     )
-    typer.echo(f"serving {engine.runner.name!r} at http://{host}:{port}/v1 (OpenAI API)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    listener = listen(host, port)
+    url = bound_url(listener, host, "http")
+    announce("generate", url)
+    typer.echo(f"serving {engine.runner.name!r} at {url}/v1 (OpenAI API)")
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listener])
     if calibrate and device == "cpu":  # the catalog's cpu entry is the peak we know here
         record_serving_calibration(engine)
 

@@ -1,4 +1,5 @@
-"""``kilowatt serve`` or ``kilowatt ui`` as a child process: started, ready, always stopped.
+"""``kilowatt serve``, ``ui`` or ``generate serve`` as a child process: started, ready,
+always stopped.
 
 The one way the quickstart, the benchmarks and the tests run a kilowatt server process. The
 server picks its own port (``--port 0``: it binds port 0 and announces the address it got,
@@ -35,7 +36,7 @@ from kilowatt.signals import handling_signals
 __all__ = ["READY_PATHS", "ServerProcess", "kilowatt_command"]
 
 #: The kilowatt servers a ``ServerProcess`` can run, and the path that answers 200 once ready.
-READY_PATHS = {"serve": "/v2/health/ready", "ui": "/api/v1/health"}
+READY_PATHS = {"serve": "/v2/health/ready", "ui": "/api/v1/health", "generate": "/v1/models"}
 
 
 def kilowatt_command() -> list[str]:
@@ -57,7 +58,8 @@ class ServerProcess:
     Args:
         args: the program's arguments (models and options; not ``--port``).
         log_path: where the server's output goes (shown when it fails to start).
-        program: ``serve`` (the inference server) or ``ui`` (the control plane).
+        program: ``serve`` (the inference server), ``ui`` (the control plane) or
+            ``generate`` (with ``args`` starting ``serve``: the OpenAI-compatible server).
         env: extra environment variables for the server.
         on_start: called with ``(pid, endpoint)`` once the server has bound its port.
         ready_timeout_s: how long the models may take to load.
