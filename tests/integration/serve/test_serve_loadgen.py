@@ -70,8 +70,9 @@ def test_refused_requests_count_as_errors_against_the_slo() -> None:
     assert result.slo_attainment == 0.0
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
 @pytest.mark.parametrize("scenario", ["sweep", "server"])
-def test_grpc_load_closed_loop_and_poisson(scenario: str) -> None:
+def test_grpc_load_closed_loop_and_poisson(scenario: str, stream: bool) -> None:
     server = make_server(ModelSpec(name="m", source="scale:2"), factory=Gate(), grpc_port=0)
     with running_with_grpc(server) as (_, target):
         spec = LoadSpec(
@@ -83,11 +84,12 @@ def test_grpc_load_closed_loop_and_poisson(scenario: str) -> None:
             duration_s=30,
             max_requests=30,
             slo_s=5.0,
+            grpc_stream=stream,
         )
         [result] = run_scenarios(spec)
         bad = LoadSpec(
             url=f"grpc://{target}/nope", body=default_body("grpc://h:1/nope", features=2),
-            concurrencies=(1,), max_requests=3, duration_s=30,
+            concurrencies=(1,), max_requests=3, duration_s=30, grpc_stream=stream,
         )  # fmt: skip
         [missing] = run_scenarios(bad)
     assert (result.requests, result.statuses) == (30, {"200": 30})
