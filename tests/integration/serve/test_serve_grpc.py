@@ -427,3 +427,24 @@ def test_a_full_queue_is_reported_on_the_stream_with_a_retry_hint() -> None:
         finished = [answers.next() for _ in range(2)]
         client.stop_stream()
     assert sorted(r.get_response().id for r, e in finished if e is None) == ["queued", "running"]
+
+
+def test_the_stream_deadline_holds_for_each_request_on_it() -> None:
+    server = make_server(
+        ModelSpec(name="m", source="scale:1"), factory=Gate(), slo={"latency_s": 10.0},
+        grpc_port=0,
+    )  # fmt: skip
+    one = np.ones((1, 2), dtype=np.float32)
+    request = pb.ModelInferRequest(model_name="m", id="late")
+    request.inputs.add(name="x", datatype="FP32", shape=one.shape)
+    request.raw_input_contents.append(one.tobytes())
+    with running_with_grpc(server) as (_, target):
+        server.engine("m").batcher.batch_compute_s = 5.0  # as if each batch took 5 s
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            [late] = stub.ModelStreamInfer(iter([request]), timeout=2.0)
+            server.engine("m").batcher.batch_compute_s = 0.0
+            [in_time] = stub.ModelStreamInfer(iter([request]), timeout=30.0)
+    assert "cannot answer within" in late.error_message
+    assert late.infer_response.parameters["status"].string_param == "DEADLINE_EXCEEDED"
+    assert in_time.error_message == "" and len(in_time.infer_response.raw_output_contents) == 1
