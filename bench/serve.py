@@ -5,15 +5,17 @@ and spread reported): the naive FastAPI + uvicorn server in two careful configur
 (an async endpoint; a threadpool endpoint with one torch thread per call) of which the
 better is kept as "naive", LitServe with batching, TorchServe with its batching, and
 ``kilowatt serve`` over REST JSON, binary REST (OIP binary tensor extension), gRPC with raw
-contents and REST JSON over HTTPS. Closed loop at 1, 16 and 64 connections, then open
-loop (Poisson arrivals) at 50% and 90% of the best peer's capacity. One load generator
-(kilowatt.bench.loadgen, in its own process) drives every protocol, so the ratios compare
-servers, not clients. Prints the table, the issue's targets, and writes
-bench/results/serve.json.
+contents (unary ModelInfer calls, and ModelStreamInfer streams with one request
+outstanding per connection) and REST JSON over HTTPS. Closed loop at 1, 16 and 64
+connections, then open loop (Poisson arrivals) at 50% and 90% of the best peer's
+capacity. One load generator (kilowatt.bench.loadgen, in its own process) drives every
+protocol, so the ratios compare servers, not clients. Prints the table, the issue's
+targets, and writes bench/results/serve.json.
 
     python bench/serve.py                      # 3 s per run, 2 repeats
     python bench/serve.py --duration 5 --repeats 3
     python bench/serve.py --only kilowatt torchserve
+    python bench/serve.py --only kilowatt-json kilowatt-grpc   # REST JSON vs both gRPC modes
 
 TorchServe is installed on first use into a venv outside the repository
 (--torchserve-venv, default ~/.cache/kilowatt-bench/torchserve-venv) that reuses this
@@ -90,6 +92,7 @@ class Target:
     headers: dict[str, str] = field(default_factory=dict)
     ca_file: str | None = None
     open_loop: bool = True
+    load_options: dict[str, Any] = field(default_factory=dict)
 
 
 def json_body() -> bytes:
@@ -118,9 +121,16 @@ def answer_of(target: Target, verify: Any) -> np.ndarray:
         from kilowatt.serve.grpc import grpc_predict_v2_pb2 as pb
         from kilowatt.serve.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 
+        request = pb.ModelInferRequest.FromString(target.body)
         with grpc.insecure_channel(target.url.split("/")[2]) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            reply = stub.ModelInfer(pb.ModelInferRequest.FromString(target.body), timeout=60)
+            if target.load_options.get("grpc_stream"):
+                [answer] = stub.ModelStreamInfer(iter([request]), timeout=60)
+                if answer.error_message:
+                    raise RuntimeError(answer.error_message)
+                reply = answer.infer_response
+            else:
+                reply = stub.ModelInfer(request, timeout=60)
         return np.frombuffer(reply.raw_output_contents[0], dtype="<f4")
     reply = httpx.post(
         target.url, content=target.body, headers=target.headers or
@@ -170,7 +180,8 @@ def load(target: Target, work: Path, **options: Any) -> list[dict[str, Any]]:
     body_file.write_bytes(target.body)
     spec = {
         "url": target.url, "body_file": str(body_file), "headers": target.headers,
-        "ca_file": target.ca_file, "slo_s": 1.0, "max_requests": 1_000_000, **options,
+        "ca_file": target.ca_file, "slo_s": 1.0, "max_requests": 1_000_000,
+        **target.load_options, **options,
     }  # fmt: skip
     spec_file = work / "load.json"
     spec_file.write_text(json.dumps(spec))
@@ -270,6 +281,8 @@ def plan(
         Target("kilowatt-binary", "kilowatt", f"{base}/v2/models/mlp/infer", binary,
                binary_headers),
         Target("kilowatt-grpc", "kilowatt", grpc_url, default_body(grpc_url, FEATURES, 0)),
+        Target("kilowatt-grpc-stream", "kilowatt", grpc_url, default_body(grpc_url, FEATURES, 0),
+               load_options={"grpc_stream": True}),
     ]  # fmt: skip
     ca, cert, key = tls_files(work)
     https = reserve_port()
@@ -283,7 +296,9 @@ def plan(
     )  # fmt: skip
     if args.only:
         wanted = set(args.only)
-        targets = [t for t in targets if any(t.server.startswith(w) for w in wanted)]
+        targets = [
+            t for t in targets if any(n.startswith(w) for w in wanted for n in (t.server, t.name))
+        ]
         servers = {k: v for k, v in servers.items() if any(t.server == k for t in targets)}
     return servers, targets
 
@@ -425,7 +440,7 @@ def _pct(spread: float) -> str:
 def closed_table(closed: dict[str, Any]) -> str:
     ref = closed.get("torchserve")
     header = (
-        f"{'target':<18}{'conns':>6}{'req/s':>9}{'':>6}{'p50 ms':>9}{'p99 ms':>9}{'':>6}"
+        f"{'target':<22}{'conns':>6}{'req/s':>9}{'':>6}{'p50 ms':>9}{'p99 ms':>9}{'':>6}"
         f"{'x TS req/s':>11}{'x TS p99':>10}{'errors':>8}{'srv ms':>8}{'cli ms':>8}"
     )
     lines = [header, "-" * len(header)]
@@ -435,7 +450,7 @@ def closed_table(closed: dict[str, Any]) -> str:
             ratio = f"{run['rps'] / ref[c]['rps']:.2f}" if ref else "-"
             p99_ratio = f"{run['p99_s'] / ref[c]['p99_s']:.2f}" if ref else "-"
             lines.append(
-                f"{name:<18}{c:>6}{run['rps']:>9.0f}{_pct(run['rps_spread']):>6}"
+                f"{name:<22}{c:>6}{run['rps']:>9.0f}{_pct(run['rps_spread']):>6}"
                 f"{run['p50_s'] * 1e3:>9.2f}{run['p99_s'] * 1e3:>9.2f}{_pct(run['p99_spread']):>6}"
                 f"{ratio:>11}{p99_ratio:>10}{run['errors']:>8.0f}"
                 f"{run['server_cpu_ms']:>8.2f}{run['client_cpu_ms']:>8.2f}"
@@ -446,7 +461,7 @@ def closed_table(closed: dict[str, Any]) -> str:
 def open_table(opened: dict[str, Any]) -> str:
     ref = opened.get("torchserve")
     header = (
-        f"{'target':<18}{'share':>6}{'qps':>7}{'served':>8}{'p50 ms':>9}{'p99 ms':>9}{'':>6}"
+        f"{'target':<22}{'share':>6}{'qps':>7}{'served':>8}{'p50 ms':>9}{'p99 ms':>9}{'':>6}"
         f"{'x TS p99':>10}{'errors':>8}"
     )
     lines = [header, "-" * len(header)]
@@ -454,7 +469,7 @@ def open_table(opened: dict[str, Any]) -> str:
         for share, run in runs.items():
             p99_ratio = f"{run['p99_s'] / ref[share]['p99_s']:.2f}" if ref else "-"
             lines.append(
-                f"{name:<18}{share:>6}{run['qps']:>7.0f}{run['rps']:>8.0f}"
+                f"{name:<22}{share:>6}{run['qps']:>7.0f}{run['rps']:>8.0f}"
                 f"{run['p50_s'] * 1e3:>9.2f}{run['p99_s'] * 1e3:>9.2f}{_pct(run['p99_spread']):>6}"
                 f"{p99_ratio:>10}{run['errors']:>8.0f}"
             )
@@ -481,10 +496,12 @@ def verdicts(
     if kw and naive:
         ratio = kw[1]["p50_s"] / min(naive)
         line(f"1 conn: kilowatt p50 {ratio:.2f}x the best naive p50 (target <= 1.1)", ratio <= 1.1)
-    grpc = closed.get("kilowatt-grpc")
-    if kw and grpc:
-        ratio = grpc[64]["rps"] / kw[64]["rps"]
-        line(f"64 conns: gRPC raw {ratio:.2f}x REST JSON throughput (target >= 1.2)", ratio >= 1.2)
+    for name, mode in (("kilowatt-grpc", "unary"), ("kilowatt-grpc-stream", "stream")):
+        grpc = closed.get(name)
+        if kw and grpc:
+            ratio = grpc[64]["rps"] / kw[64]["rps"]
+            line(f"64 conns: gRPC raw ({mode}) {ratio:.2f}x REST JSON throughput "
+                 "(target >= 1.2)", ratio >= 1.2)  # fmt: skip
     served = {n: closed[n][64]["rps"] for n in closed if n.startswith("kilowatt")}
     if served:
         best = max(served, key=served.__getitem__)
@@ -510,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per run")
     parser.add_argument("--repeats", type=int, default=2, help="rounds over every server")
-    parser.add_argument("--only", nargs="*", help="server name prefixes to measure")
+    parser.add_argument("--only", nargs="*", help="prefixes of the servers or targets to measure")
     parser.add_argument(
         "--torchserve-venv",
         type=Path,

@@ -1,6 +1,8 @@
 """A load generator in the MLPerf LoadGen scenarios, over HTTP/1.1 keep-alive (``http://``,
 ``https://``) or the Open Inference Protocol's gRPC service (``grpc://host:port/model``,
-``grpcs://`` over TLS), whose body is a serialized ``ModelInferRequest``.
+``grpcs://`` over TLS), whose body is a serialized ``ModelInferRequest``. gRPC runs use
+unary ``ModelInfer`` calls, or with ``grpc_stream`` Triton's ``ModelStreamInfer``: each
+connection is then one open stream with one request outstanding at a time.
 
 Scenarios:
     single-stream  one request at a time; latency of each.
@@ -74,6 +76,8 @@ class LoadSpec:
             share: HTTP/2 multiplexes calls over a channel, and gRPC's performance guide
             advises reusing a few channels rather than one per call. HTTP/1.1 cannot
             multiplex, so HTTP runs keep one connection per concurrent request.
+        grpc_stream: send gRPC requests as messages on ``ModelStreamInfer`` streams, one
+            stream per connection (per concurrent request), instead of unary calls.
     """
 
     url: str
@@ -89,6 +93,7 @@ class LoadSpec:
     headers: dict[str, str] = field(default_factory=dict)
     ca_file: str | None = None
     grpc_channels: int = 4
+    grpc_stream: bool = False
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -104,6 +109,8 @@ class LoadSpec:
             )
         if parts.scheme.startswith("grpc") and not parts.path.strip("/"):
             raise SpecError(f"url {self.url!r} must name the model: grpc://host:port/MODEL")
+        if self.grpc_stream and not parts.scheme.startswith("grpc"):
+            raise SpecError(f"grpc_stream needs a grpc:// or grpcs:// url, got {self.url!r}")
 
 
 @dataclass(frozen=True)
@@ -245,6 +252,61 @@ class _GrpcConnection:
         pass  # the channel outlives its streams; the pool closes it
 
 
+class _GrpcStream:
+    """One ModelStreamInfer stream on a shared gRPC channel with one request outstanding:
+    ``send`` writes the serialized request and reads its answer. A stream that fails is
+    opened again on the next send."""
+
+    def __init__(self, channel: Any, request: bytes, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._open = channel.stream_stream(_MODEL_STREAM_INFER)
+        self._request, self._metadata = request, metadata or None
+        self._call: Any = None
+
+    async def send(self) -> int:
+        import grpc
+
+        try:
+            if self._call is None:
+                self._call = self._open(metadata=self._metadata)
+            await self._call.write(self._request)
+            answer = await self._call.read()
+        except grpc.aio.AioRpcError as exc:
+            self._call = None
+            return _GRPC_AS_HTTP.get(exc.code().name, 500)
+        if answer is grpc.aio.EOF:
+            self._call = None
+            return 0
+        return _stream_status(answer)
+
+    def close(self) -> None:
+        if self._call is not None:
+            _track_closing(_finish_stream(self._call))
+            self._call = None
+
+
+async def _finish_stream(call: Any) -> None:
+    """Half-close the stream and wait for the server to end it."""
+    import grpc
+
+    with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
+        await call.done_writing()
+        await call.code()
+
+
+def _stream_status(answer: bytes) -> int:
+    """The HTTP counterpart of one ModelStreamInferResponse: 200 unless ``error_message``
+    (field 1, the only field serialized with tag byte 0x0A) is set; then the status the
+    server names in ``infer_response.parameters["status"]``."""
+    if not answer.startswith(b"\x0a"):
+        return 200  # a success is not parsed: the client spends no time on protobuf
+    from kilowatt.serve.grpc import grpc_predict_v2_pb2 as pb
+
+    reply = pb.ModelStreamInferResponse.FromString(answer)
+    parameters = reply.infer_response.parameters
+    status = parameters["status"].string_param if "status" in parameters else ""
+    return _GRPC_AS_HTTP.get(status, 500)
+
+
 class _ChannelPool:
     """Up to ``size`` gRPC channels, each its own TCP connection, handed out in turn."""
 
@@ -281,6 +343,7 @@ class _ChannelPool:
 
 
 _MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+_MODEL_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 _GRPC_AS_HTTP = {
     "INVALID_ARGUMENT": 400,
     "NOT_FOUND": 404,
@@ -312,11 +375,13 @@ class _Connector:
     what they share (the gRPC channels)."""
 
     def __init__(
-        self, connect: Callable[[], _Connection | _GrpcConnection], pool: _ChannelPool | None
+        self,
+        connect: Callable[[], _Connection | _GrpcConnection | _GrpcStream],
+        pool: _ChannelPool | None,
     ) -> None:
         self._connect, self._pool = connect, pool
 
-    def __call__(self) -> _Connection | _GrpcConnection:
+    def __call__(self) -> _Connection | _GrpcConnection | _GrpcStream:
         return self._connect()
 
     def close(self) -> None:
@@ -357,6 +422,8 @@ def _prepare_grpc(spec: LoadSpec, host: str, port: int) -> _Connector:
         tls = grpc.ssl_channel_credentials(root_certificates=roots)
     metadata = tuple((k.lower(), v) for k, v in spec.headers.items())
     pool = _ChannelPool(f"{host}:{port}", tls, spec.grpc_channels)
+    if spec.grpc_stream:
+        return _Connector(lambda: _GrpcStream(pool.next_channel(), spec.body, metadata), pool)
     return _Connector(lambda: _GrpcConnection(pool.call(), spec.body, metadata), pool)
 
 
@@ -406,13 +473,15 @@ async def _open_loop(spec: LoadSpec) -> ScenarioResult:
     )
     schedule = np.cumsum(gaps)
     schedule = schedule[schedule < spec.duration_s][: spec.max_requests]
-    idle: list[_Connection | _GrpcConnection] = []
+    idle: list[_Connection | _GrpcConnection | _GrpcStream] = []
     opened = 0
     latencies: list[float] = []
     statuses: list[int] = []
     tasks: list[asyncio.Task[None]] = []
 
-    async def one(scheduled: float, connection: _Connection | _GrpcConnection) -> None:
+    async def one(
+        scheduled: float, connection: _Connection | _GrpcConnection | _GrpcStream
+    ) -> None:
         status = await connection.send()
         latencies.append(time.perf_counter() - scheduled)  # from the scheduled send time
         statuses.append(status)

@@ -253,6 +253,9 @@ def _register_bench(app: typer.Typer) -> None:
         json_out: Path | None = typer.Option(None, "--json", help="write results here"),
         seed: int = typer.Option(0, help="seed of the body and of Poisson arrivals"),
         ca_file: Path | None = typer.Option(None, help="PEM CA of an https/grpcs server"),
+        grpc_stream: bool = typer.Option(
+            False, help="gRPC: one ModelStreamInfer stream per connection, not unary calls"
+        ),
     ) -> None:
         """Load-test a running server in the MLPerf LoadGen scenarios."""
         from kilowatt.bench.loadgen import LoadSpec, default_body, render_table, run_scenarios
@@ -269,6 +272,7 @@ def _register_bench(app: typer.Typer) -> None:
             slo_s=slo_ms / 1e3,
             seed=seed,
             ca_file=str(ca_file) if ca_file else None,
+            grpc_stream=grpc_stream,
         )
         results = run_scenarios(spec)
         typer.echo(render_table(results))

@@ -4,9 +4,12 @@ on the same engines as HTTP."""
 from __future__ import annotations
 
 import json
+import queue
+import re
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -188,7 +191,7 @@ def test_grpc_health_checking_and_reflection(mlp_grpc) -> None:
         assert "inference.GRPCInferenceService" in database.get_services()
         service = database.FindFileContainingSymbol("inference.GRPCInferenceService")
         methods = {m.name for m in service.service[0].method}
-        assert {"ServerLive", "ModelMetadata", "ModelInfer"} <= methods
+        assert {"ServerLive", "ModelMetadata", "ModelInfer", "ModelStreamInfer"} <= methods
 
 
 def test_workers_serve_the_grpc_port_their_parent_bound(mlp_file: Path, tmp_path: Path) -> None:
@@ -288,3 +291,160 @@ def test_repository_calls_are_refused_without_admin(mlp_grpc) -> None:
             call()
         assert error.value.status() == "StatusCode.PERMISSION_DENIED"
     assert client.is_model_ready("mlp")  # still served
+
+
+class _Answers:
+    """A tritonclient stream callback that collects (result, error) pairs in arrival order."""
+
+    def __init__(self) -> None:
+        self.received: queue.Queue[tuple[Any, Any]] = queue.Queue()
+
+    def __call__(self, result: Any, error: Any) -> None:
+        self.received.put((result, error))
+
+    def next(self) -> tuple[Any, Any]:
+        return self.received.get(timeout=30)
+
+
+def test_stream_infer_answers_equal_unary_answers_and_echo_their_ids(mlp_grpc) -> None:
+    server, _, target = mlp_grpc
+    client = triton.InferenceServerClient(target)
+    rows = np.random.default_rng(5).standard_normal((8, 16)).astype(np.float32)
+    batches = {f"s{i}": rows[i : i + 1 + i % 3] for i in range(6)}  # 1 to 3 rows each
+    unary = {rid: client.infer("mlp", [_input("x", b, "FP32")]) for rid, b in batches.items()}
+    answers = _Answers()
+    client.start_stream(callback=answers)
+    for rid, batch in batches.items():  # all sent before any answer is read
+        client.async_stream_infer("mlp", [_input("x", batch, "FP32")], request_id=rid)
+    streamed = [answers.next() for _ in batches]
+    client.stop_stream()
+    assert [error for _, error in streamed] == [None] * len(batches)
+    by_id = {result.get_response().id: result for result, _ in streamed}
+    assert set(by_id) == set(batches)
+    for rid, result in by_id.items():
+        assert result.get_response().model_version == "1"
+        got = result.as_numpy("output0")  # batched with other requests: rounding may differ
+        np.testing.assert_allclose(got, unary[rid].as_numpy("output0"), atol=1e-5)
+        np.testing.assert_allclose(got, _expected(batches[rid]), atol=1e-4)
+    labels = {"model": "mlp", "version": "1", "status": "200"}
+    assert metric(server, "kilowatt_serve_requests_total", **labels) == 2 * len(batches)
+
+
+def test_requests_on_one_stream_are_batched_together() -> None:
+    gate = Gate()
+    server = make_server(ModelSpec(name="m", source="scale:2"), factory=gate, grpc_port=0)
+    one = np.ones((1, 2), dtype=np.float32)
+    with running_with_grpc(server) as (_, target):
+        client = triton.InferenceServerClient(target)
+        answers = _Answers()
+        client.start_stream(callback=answers)
+        gate.armed = True
+        client.async_stream_infer("m", [_input("x", one, "FP32")], request_id="first")
+        assert gate.started.wait(30)  # the model is busy with the first request
+        for rid in ("second", "third"):
+            client.async_stream_infer("m", [_input("x", 3 * one, "FP32")], request_id=rid)
+        deadline = time.monotonic() + 30
+        while server.engine("m").batcher.depth < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.engine("m").batcher.depth == 2  # queued together, not one at a time
+        gate.open.set()
+        results = [answers.next() for _ in range(3)]
+        client.stop_stream()
+    values = {r.get_response().id: r.as_numpy("output0").tolist() for r, _ in results}
+    assert values == {"first": [[2.0, 2.0]], "second": [[6.0, 6.0]], "third": [[6.0, 6.0]]}
+    assert gate.batches == [1, 2]
+
+
+def test_a_bad_request_on_a_stream_gets_an_error_message_and_the_stream_goes_on(
+    mlp_grpc,
+) -> None:
+    _, _, target = mlp_grpc
+    client = triton.InferenceServerClient(target)
+    answers = _Answers()
+    client.start_stream(callback=answers)
+    sent = [
+        ("mlp", SAMPLES[:, :3], r"shape \[3, 3\] does not match"),
+        ("nope", SAMPLES, "no model named 'nope'"),
+        ("mlp", SAMPLES, None),
+    ]
+    for model, batch, message in sent:  # one at a time: tritonclient's errors carry no id
+        client.async_stream_infer(model, [_input("x", batch, "FP32")])
+        result, error = answers.next()
+        if message is None:
+            assert error is None
+            np.testing.assert_allclose(result.as_numpy("output0"), _expected(batch), atol=1e-4)
+        else:
+            assert result is None and re.search(message, error.message())
+    client.stop_stream()
+
+
+def test_stream_errors_carry_the_request_id_and_the_status_a_call_would_get(mlp_grpc) -> None:
+    _, _, target = mlp_grpc
+
+    def request(model: str, rid: str) -> pb.ModelInferRequest:
+        message = pb.ModelInferRequest(model_name=model, id=rid)
+        message.inputs.add(name="x", datatype="FP32", shape=SAMPLES.shape)
+        message.raw_input_contents.append(SAMPLES.tobytes())
+        return message
+
+    sent = [request("mlp", "good"), request("nope", "unknown"), request("mlp", "again")]
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        replies = list(stub.ModelStreamInfer(iter(sent), timeout=30))
+    by_id = {r.infer_response.id: r for r in replies}
+    assert set(by_id) == {"good", "unknown", "again"}
+    assert by_id["good"].error_message == by_id["again"].error_message == ""
+    assert len(by_id["again"].infer_response.raw_output_contents) == 1
+    failed = by_id["unknown"]
+    assert "no model named 'nope'" in failed.error_message
+    assert failed.infer_response.parameters["status"].string_param == "NOT_FOUND"
+
+
+def test_a_full_queue_is_reported_on_the_stream_with_a_retry_hint() -> None:
+    gate = Gate()
+    server = make_server(
+        ModelSpec(name="m", source="scale:1"),
+        factory=gate,
+        batching={"queue_capacity": 1, "max_batch_size": 1},
+        grpc_port=0,
+    )
+    one = np.ones((1, 2), dtype=np.float32)
+    with running_with_grpc(server) as (_, target):
+        client = triton.InferenceServerClient(target)
+        answers = _Answers()
+        client.start_stream(callback=answers)
+        gate.armed = True
+        client.async_stream_infer("m", [_input("x", one, "FP32")], request_id="running")
+        assert gate.started.wait(30)
+        client.async_stream_infer("m", [_input("x", one, "FP32")], request_id="queued")
+        deadline = time.monotonic() + 30
+        while server.engine("m").batcher.depth < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        client.async_stream_infer("m", [_input("x", one, "FP32")], request_id="refused")
+        result, error = answers.next()  # the refusal comes first: the model is still blocked
+        assert result is None and "queue full (1 requests" in error.message()
+        gate.open.set()
+        finished = [answers.next() for _ in range(2)]
+        client.stop_stream()
+    assert sorted(r.get_response().id for r, e in finished if e is None) == ["queued", "running"]
+
+
+def test_the_stream_deadline_holds_for_each_request_on_it() -> None:
+    server = make_server(
+        ModelSpec(name="m", source="scale:1"), factory=Gate(), slo={"latency_s": 10.0},
+        grpc_port=0,
+    )  # fmt: skip
+    one = np.ones((1, 2), dtype=np.float32)
+    request = pb.ModelInferRequest(model_name="m", id="late")
+    request.inputs.add(name="x", datatype="FP32", shape=one.shape)
+    request.raw_input_contents.append(one.tobytes())
+    with running_with_grpc(server) as (_, target):
+        server.engine("m").batcher.batch_compute_s = 5.0  # as if each batch took 5 s
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            [late] = stub.ModelStreamInfer(iter([request]), timeout=2.0)
+            server.engine("m").batcher.batch_compute_s = 0.0
+            [in_time] = stub.ModelStreamInfer(iter([request]), timeout=30.0)
+    assert "cannot answer within" in late.error_message
+    assert late.infer_response.parameters["status"].string_param == "DEADLINE_EXCEEDED"
+    assert in_time.error_message == "" and len(in_time.infer_response.raw_output_contents) == 1

@@ -60,6 +60,23 @@ def test_cli_prints_the_table_and_writes_json(
     assert (record["requests"], record["errors"], record["statuses"]) == (25, 0, {"200": 25})
 
 
+def test_cli_load_tests_grpc_streams(capsys: pytest.CaptureFixture[str]) -> None:
+    server = make_server(ModelSpec(name="m", source="scale:1"), factory=Gate(), grpc_port=0)
+    with running_with_grpc(server) as (url, target):
+        code = main([
+            "bench", "serve", f"grpc://{target}/m", "--grpc-stream", "--scenario",
+            "single-stream", "--features", "2", "--max-requests", "25",
+        ])  # fmt: skip
+        table = capsys.readouterr().out
+        refused = main(["bench", "serve", f"{url}/predict", "--grpc-stream"])
+    assert code == 0 and "single-stream" in table
+    served = server.metrics.registry.get_sample_value(
+        "kilowatt_serve_requests_total", {"model": "m", "version": "1", "status": "200"}
+    )
+    assert served == 25
+    assert refused != 0 and "grpc_stream needs a grpc://" in capsys.readouterr().err
+
+
 def test_refused_requests_count_as_errors_against_the_slo() -> None:
     server = make_server(ModelSpec(name="m", source="scale:1"), factory=Gate())
     with running(server) as url:
@@ -70,8 +87,9 @@ def test_refused_requests_count_as_errors_against_the_slo() -> None:
     assert result.slo_attainment == 0.0
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
 @pytest.mark.parametrize("scenario", ["sweep", "server"])
-def test_grpc_load_closed_loop_and_poisson(scenario: str) -> None:
+def test_grpc_load_closed_loop_and_poisson(scenario: str, stream: bool) -> None:
     server = make_server(ModelSpec(name="m", source="scale:2"), factory=Gate(), grpc_port=0)
     with running_with_grpc(server) as (_, target):
         spec = LoadSpec(
@@ -83,11 +101,12 @@ def test_grpc_load_closed_loop_and_poisson(scenario: str) -> None:
             duration_s=30,
             max_requests=30,
             slo_s=5.0,
+            grpc_stream=stream,
         )
         [result] = run_scenarios(spec)
         bad = LoadSpec(
             url=f"grpc://{target}/nope", body=default_body("grpc://h:1/nope", features=2),
-            concurrencies=(1,), max_requests=3, duration_s=30,
+            concurrencies=(1,), max_requests=3, duration_s=30, grpc_stream=stream,
         )  # fmt: skip
         [missing] = run_scenarios(bad)
     assert (result.requests, result.statuses) == (30, {"200": 30})

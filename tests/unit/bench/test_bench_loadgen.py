@@ -64,6 +64,7 @@ def test_prepared_request_carries_path_host_and_length() -> None:
         ({"url": "ftp://x/predict"}, "must be http"),  # a protocol it does not speak
         ({"url": "grpc://127.0.0.1:1"}, "must name the model"),  # gRPC needs the model
         ({"grpc_channels": 0}, "grpc_channels >= 1"),  # calls with no channel to go on
+        ({"grpc_stream": True}, "grpc_stream needs a grpc://"),  # HTTP has no such stream
     ],
 )
 def test_load_spec_rejects_unbounded_or_bad_runs(options: dict, message: str) -> None:
@@ -118,3 +119,15 @@ def test_grpc_calls_share_a_few_channels_in_turn() -> None:
 
     # Seven concurrent calls on three channels, one connection each, handed out in turn.
     assert asyncio.run(scenario()) == [0, 1, 2, 0, 1, 2, 0]
+
+
+def test_stream_answers_read_as_http_statuses() -> None:
+    from kilowatt.bench.loadgen import _stream_status
+    from kilowatt.serve.grpc import grpc_predict_v2_pb2 as pb
+
+    ok = pb.ModelStreamInferResponse(infer_response=pb.ModelInferResponse(id="a", outputs=[{}]))
+    full = pb.ModelStreamInferResponse(error_message="queue full")
+    full.infer_response.parameters["status"].string_param = "RESOURCE_EXHAUSTED"
+    unnamed = pb.ModelStreamInferResponse(error_message="something broke")
+    statuses = [_stream_status(m.SerializeToString()) for m in (ok, full, unnamed)]
+    assert statuses == [200, 429, 500]

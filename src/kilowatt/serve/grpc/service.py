@@ -8,6 +8,12 @@ that passed or cannot be met DEADLINE_EXCEEDED, a draining or loading model UNAV
 The client's gRPC deadline is the request's deadline; metadata ``kilowatt-deadline-ms``
 and ``kilowatt-routing-key`` work as the HTTP headers of the same names.
 
+``ModelStreamInfer`` (Triton's bidirectional stream) serves the requests sent on one stream
+concurrently, on the same engines, and answers each as it completes, carrying its ``id``.
+A failed request is answered with ``error_message`` (and ``parameters["status"]``, the
+status name a unary call would have ended with) while the stream stays open. The stream's
+deadline and metadata hold for every request sent on it.
+
 The repository methods (index, load, unload) change every worker, as the HTTP admin
 routes do, and like them answer only on a server started with ``--admin``
 (PERMISSION_DENIED otherwise). A load with ``parameters["config"]``, a JSON object of
@@ -18,11 +24,12 @@ their sources. An unload without ``parameters["version"]`` unloads every version
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -70,20 +77,27 @@ def status_code(error: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def _error_status(error: Exception) -> tuple[grpc.StatusCode, str]:
+    """The status and message a failed request is answered with."""
+    code = status_code(error)
+    if code == grpc.StatusCode.INTERNAL and not isinstance(error, KilowattError):
+        _log.exception("unexpected error while serving a gRPC request", exc_info=error)
+        return code, f"internal error: {type(error).__name__}"
+    return code, str(error)
+
+
+def _retry_after_ms(error: Overloaded) -> int:
+    return max(1, math.ceil(error.retry_after_s * 1000))
+
+
 async def _answer(context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[Reply]]) -> Reply:
     try:
         return await work()
     except Exception as exc:
-        code = status_code(exc)
-        if code == grpc.StatusCode.INTERNAL and not isinstance(exc, KilowattError):
-            _log.exception("unexpected error while serving a gRPC request", exc_info=exc)
-            message = f"internal error: {type(exc).__name__}"
-        else:
-            message = str(exc)
+        code, message = _error_status(exc)
         if isinstance(exc, Overloaded):
             # The HTTP Retry-After, as trailing metadata in milliseconds.
-            retry_ms = str(max(1, math.ceil(exc.retry_after_s * 1000)))
-            context.set_trailing_metadata((("retry-after-ms", retry_ms),))
+            context.set_trailing_metadata((("retry-after-ms", str(_retry_after_ms(exc))),))
         await context.abort(code, message)
         raise AssertionError("abort() raises") from exc  # pragma: no cover
 
@@ -134,24 +148,89 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
         arrival_s = time.monotonic()
+        return await _answer(context, lambda: self._infer(request, arrival_s, _options(context)))
 
-        async def work() -> pb.ModelInferResponse:
-            rows = decode_inputs(request)
-            result = await self.server.infer(
-                request.model_name,
-                rows,
-                version=request.model_version or None,
-                arrival_s=arrival_s,
-                **_options(context),
-            )
-            response = pb.ModelInferResponse(
-                model_name=request.model_name, model_version=result.version, id=request.id
-            )
-            requested = tuple(o.name for o in request.outputs)
-            encode_outputs(result.outputs, response, bool(request.raw_input_contents), requested)
-            return response
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Answers each request of the stream as soon as it is done, so that requests in
+        flight on one stream are batched together; a failed request is answered with
+        ``error_message`` and the stream goes on."""
 
-        return await _answer(context, work)
+        async def read_metadata() -> dict[str, Any]:
+            return _metadata_options(context)
+
+        metadata = await _answer(context, read_metadata)  # a malformed value ends the stream
+        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        reader = asyncio.create_task(
+            self._read_stream(request_iterator, context, metadata, answers)
+        )
+        try:
+            while (answer := await answers.get()) is not None:
+                yield answer
+        finally:
+            reader.cancel()
+        await reader  # re-raises a failure to read the stream
+
+    async def _read_stream(
+        self,
+        request_iterator: AsyncIterator[Any],
+        context: Any,
+        metadata: dict[str, Any],
+        answers: asyncio.Queue[pb.ModelStreamInferResponse | None],
+    ) -> None:
+        in_flight: set[asyncio.Task[None]] = set()
+
+        async def answer(request: Any, arrival_s: float, options: dict[str, Any]) -> None:
+            answers.put_nowait(await self._stream_answer(request, arrival_s, options))
+
+        try:
+            async for request in request_iterator:
+                options = _with_deadline(metadata, context)
+                task = asyncio.create_task(answer(request, time.monotonic(), options))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+            if in_flight:
+                await asyncio.gather(*in_flight)
+        finally:
+            for task in list(in_flight):
+                task.cancel()
+            answers.put_nowait(None)
+
+    async def _stream_answer(
+        self, request: Any, arrival_s: float, options: dict[str, Any]
+    ) -> pb.ModelStreamInferResponse:
+        try:
+            response = await self._infer(request, arrival_s, options)
+            return pb.ModelStreamInferResponse(infer_response=response)
+        except Exception as exc:
+            code, message = _error_status(exc)
+            failed = pb.ModelInferResponse(
+                model_name=request.model_name, model_version=request.model_version, id=request.id
+            )
+            # The status a unary call would have ended with, for clients that branch on it.
+            failed.parameters["status"].string_param = code.name
+            if isinstance(exc, Overloaded):
+                failed.parameters["retry_after_ms"].int64_param = _retry_after_ms(exc)
+            return pb.ModelStreamInferResponse(error_message=message, infer_response=failed)
+
+    async def _infer(
+        self, request: Any, arrival_s: float, options: dict[str, Any]
+    ) -> pb.ModelInferResponse:
+        rows = decode_inputs(request)
+        result = await self.server.infer(
+            request.model_name,
+            rows,
+            version=request.model_version or None,
+            arrival_s=arrival_s,
+            **options,
+        )
+        response = pb.ModelInferResponse(
+            model_name=request.model_name, model_version=result.version, id=request.id
+        )
+        requested = tuple(o.name for o in request.outputs)
+        encode_outputs(result.outputs, response, bool(request.raw_input_contents), requested)
+        return response
 
     # -- model repository (Triton's message layout; see grpc_predict_v2.proto) ---------
 
@@ -264,19 +343,31 @@ def _unload_version(parameters: Any) -> str | None:
 
 
 def _options(context: Any) -> dict[str, Any]:
-    options: dict[str, Any] = {}
+    """The engine options of a unary call: its deadline and its metadata's."""
+    return _with_deadline(_metadata_options(context), context)
+
+
+def _with_deadline(metadata: dict[str, Any], context: Any) -> dict[str, Any]:
+    """``metadata``'s options with the call's deadline as it stands now (a stream's
+    deadline holds for every request sent on it)."""
+    options = dict(metadata)
     remaining_s = context.time_remaining()
     if remaining_s is not None:
-        options["deadline_s"] = max(remaining_s, 0.0)
+        options["deadline_s"] = min(max(remaining_s, 0.0), options.get("deadline_s", math.inf))
+    return options
+
+
+def _metadata_options(context: Any) -> dict[str, Any]:
+    """Options from the call's metadata (a stream's hold for each request sent on it)."""
+    options: dict[str, Any] = {}
     for key, value in context.invocation_metadata() or ():
         if key == _DEADLINE_KEY:
             try:
-                deadline_s = float(value) / 1000.0
+                options["deadline_s"] = float(value) / 1000.0
             except ValueError:
                 raise InvalidInput(
                     f"{_DEADLINE_KEY} must be a number of milliseconds, got {value!r}"
                 ) from None
-            options["deadline_s"] = min(deadline_s, options.get("deadline_s", math.inf))
         elif key == _ROUTING_KEY:
             options["key"] = value
     return options
