@@ -25,6 +25,7 @@ environment's torch; it needs Java 17 (``apt-get install -y openjdk-17-jre-headl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -36,7 +37,8 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,7 @@ import serve_peers  # bench/ is on sys.path when this script runs
 import torch
 
 from kilowatt.ports import reserve_port
+from kilowatt.serve.process import ServerProcess
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONCURRENCIES = (1, 16, 64)
@@ -264,35 +267,30 @@ def plan(
         targets.append(Target(server.name, server.name, server.predict, body))
     else:
         print("TorchServe skipped (needs java and its venv)", file=sys.stderr)
-    http, grpc_port = reserve_port(), reserve_port()
+    # kilowatt binds its own ports (ServerProcess: --port 0, --grpc-port 0); its targets name
+    # the announced endpoints as {http} and {grpc}, filled in once it has started.
     # A 10 s latency objective: no server here sheds load, so neither does kilowatt.
-    kw = [sys.executable, "-m", "kilowatt.cli.main", "serve", str(model_file), "--name", "mlp",
-          "--slo-ms", "10000"]  # fmt: skip
-    servers["kilowatt"] = serve_peers.Server(
-        "kilowatt", [*kw, "--port", str(http), "--grpc-port", str(grpc_port)], "", ""
-    )
-    base = f"http://127.0.0.1:{http}"
+    kw = [str(model_file), "--name", "mlp", "--slo-ms", "10000"]
+    servers["kilowatt"] = serve_peers.Server("kilowatt", [*kw, "--grpc-port", "0"], "", "")
     binary, binary_headers = binary_body()
-    grpc_url = f"grpc://127.0.0.1:{grpc_port}/mlp"
     from kilowatt.bench.loadgen import default_body
 
+    grpc_body = default_body("grpc://127.0.0.1/mlp", FEATURES, 0)
     targets += [
-        Target("kilowatt-json", "kilowatt", f"{base}/predict", body),
-        Target("kilowatt-binary", "kilowatt", f"{base}/v2/models/mlp/infer", binary,
+        Target("kilowatt-json", "kilowatt", "{http}/predict", body),
+        Target("kilowatt-binary", "kilowatt", "{http}/v2/models/mlp/infer", binary,
                binary_headers),
-        Target("kilowatt-grpc", "kilowatt", grpc_url, default_body(grpc_url, FEATURES, 0)),
-        Target("kilowatt-grpc-stream", "kilowatt", grpc_url, default_body(grpc_url, FEATURES, 0),
+        Target("kilowatt-grpc", "kilowatt", "{grpc}/mlp", grpc_body),
+        Target("kilowatt-grpc-stream", "kilowatt", "{grpc}/mlp", grpc_body,
                load_options={"grpc_stream": True}),
     ]  # fmt: skip
     ca, cert, key = tls_files(work)
-    https = reserve_port()
     servers["kilowatt-tls"] = serve_peers.Server(
-        "kilowatt-tls",
-        [*kw, "--port", str(https), "--tls-cert", str(cert), "--tls-key", str(key)], "", "",
-    )  # fmt: skip
+        "kilowatt-tls", [*kw, "--tls-cert", str(cert), "--tls-key", str(key)], "", ""
+    )
     targets.append(
-        Target("kilowatt-https", "kilowatt-tls", f"https://127.0.0.1:{https}/predict", body,
-               ca_file=str(ca), open_loop=False)
+        Target("kilowatt-https", "kilowatt-tls", "{http}/predict", body, ca_file=str(ca),
+               open_loop=False)
     )  # fmt: skip
     if args.only:
         wanted = set(args.only)
@@ -323,18 +321,38 @@ def one_round(
         mine = [t for t in targets if t.server == name]
         if not mine:
             continue
-        process = start(server, work)
-        try:
+        with running(server, mine, work) as (group, mine):
             for target in mine:
                 verify = verifier(target)
-                wait_answering(target, process, verify)
                 error = float(np.max(np.abs(answer_of(target, verify) - expected)))
                 errors[target.name] = max(errors.get(target.name, 0.0), error)
                 print(f"  {target.name} ...", flush=True)
-                results[target.name] = measure(target, process.pid)
-        finally:
-            stop(process)
+                results[target.name] = measure(target, group)
     return results
+
+
+@contextlib.contextmanager
+def running(
+    server: serve_peers.Server, targets: list[Target], work: Path
+) -> Iterator[tuple[int, list[Target]]]:
+    """Start ``server``; yield its process group and its targets once each answers.
+
+    kilowatt picks its own ports and announces them; its targets' URLs are filled in then.
+    """
+    if server.name.startswith("kilowatt"):
+        verify = verifier(targets[0])
+        log = work / f"{server.name}.log"
+        with ServerProcess(server.command, log_path=log, ready_timeout_s=240, verify=verify) as kw:
+            endpoints = {"http": kw.endpoint, "grpc": kw.grpc_endpoint}
+            yield kw.pid, [replace(t, url=t.url.format(**endpoints)) for t in targets]
+        return
+    process = start(server, work)
+    try:
+        for target in targets:
+            wait_answering(target, process, verifier(target))
+        yield process.pid, targets
+    finally:
+        stop(process)
 
 
 def median_spread(values: list[float]) -> tuple[float, float]:
