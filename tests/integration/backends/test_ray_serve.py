@@ -46,6 +46,8 @@ def deployment() -> Iterator[RayDeployment]:
                 ],
                 "port": 0,
                 "grpc_port": 0,
+                # Scaling, not shedding, is under test: an objective no busy machine misses.
+                "slo": {"latency_s": 10.0},
                 "backend": {"kind": "ray", "ray": {
                     "cpus_per_worker": 0.5, "min_replicas": 1, "max_replicas": 2,
                     "target_ongoing_requests": 1, "upscale_delay_s": 0.5,

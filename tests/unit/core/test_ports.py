@@ -46,7 +46,9 @@ def test_a_reserved_port_is_free_to_bind() -> None:
 
 
 def test_server_process_names_the_programs_it_runs(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"program must be one of \['serve', 'ui'\], got 'api'"):
+    with pytest.raises(
+        ValueError, match=r"program must be one of \['generate', 'serve', 'ui'\], got 'api'"
+    ):
         ServerProcess([], program="api", log_path=tmp_path / "api.log")
 
 
