@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import fcntl
+import hashlib
 import math
 import os
 import threading
@@ -35,6 +36,10 @@ from kilowatt.errors import DataError
 __all__ = ["AccessPlan", "CacheStats", "ShardCache"]
 
 Policy = Literal["belady", "lru"]
+
+#: Bytes hashed and written at a time: small enough to stay in the CPU cache between the
+#: two, so checking a download costs no second pass over memory.
+_CHUNK_BYTES = 1 << 20
 
 
 class AccessPlan:
@@ -166,10 +171,13 @@ class ShardCache:
             data = self._read_disk(sha)  # another process may have fetched it meanwhile
             if data is not None:
                 return data
-            data = self._fetch(sha, fetch)
+            data = self._download(fetch)
+            # One pass over the bytes checks them and, when admitted, writes the copy.
             with self._lock("evict.lock"):
                 if self._make_room(sha, len(data), at):
-                    self._write_disk(sha, data)
+                    self._write_verified(sha, data)
+                else:
+                    self._verify(sha, data)
         return data
 
     def _path(self, sha: str) -> Path:
@@ -189,13 +197,25 @@ class ShardCache:
         self._count(disk_hits=1, disk_bytes=len(data))
         return data
 
-    def _write_disk(self, sha: str, data: bytes) -> None:
+    def _write_verified(self, sha: str, data: bytes) -> None:
+        """Write ``data`` under a temporary name, hashing each chunk as it is written, and
+        rename it into place only when the hash is ``sha``; otherwise remove it and fail."""
         path = self._path(sha)
         path.parent.mkdir(exist_ok=True)
         temporary = path.with_name(f"{sha}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        with open(temporary, "wb") as out:
-            out.write(data)
-        os.replace(temporary, path)
+        digest = hashlib.sha256()
+        view = memoryview(data)
+        try:
+            with open(temporary, "wb") as out:
+                for start in range(0, len(view), _CHUNK_BYTES):
+                    chunk = view[start : start + _CHUNK_BYTES]
+                    digest.update(chunk)
+                    out.write(chunk)
+            if digest.hexdigest() != sha:
+                raise _changed_remote(sha, len(data))
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
 
     def _make_room(self, sha: str, size: int, at: float) -> bool:
         """Evict until ``size`` more bytes fit; False if the new shard should not be kept."""
@@ -250,18 +270,24 @@ class ShardCache:
 
     # --- remote and memory tiers
 
-    def _fetch(self, sha: str, fetch: Callable[[], bytes]) -> bytes:
+    def _download(self, fetch: Callable[[], bytes]) -> bytes:
+        """``fetch()``, timed and counted as a remote read (not yet verified)."""
         started_s = time.perf_counter()
         data = fetch()
         self._count(
             fetch_s=time.perf_counter() - started_s, remote_fetches=1, remote_bytes=len(data)
         )
-        if sha256_hex(data) != sha:
-            raise DataError(
-                f"the stored shard with SHA-256 {sha[:16]} has other content "
-                f"({len(data)} bytes); it was changed after creation; run kilowatt data verify"
-            )
         return data
+
+    def _fetch(self, sha: str, fetch: Callable[[], bytes]) -> bytes:
+        data = self._download(fetch)
+        self._verify(sha, data)
+        return data
+
+    @staticmethod
+    def _verify(sha: str, data: bytes) -> None:
+        if sha256_hex(data) != sha:
+            raise _changed_remote(sha, len(data))
 
     def _count(self, **increments: float) -> None:
         with self._mutex:
@@ -278,3 +304,10 @@ class ShardCache:
                 victim = max(memory.entries, key=lambda other: self._rank(other, at))
                 used -= len(memory.entries.pop(victim))
             memory.entries[sha] = data
+
+
+def _changed_remote(sha: str, size: int) -> DataError:
+    return DataError(
+        f"the stored shard with SHA-256 {sha[:16]} has other content "
+        f"({size} bytes); it was changed after creation; run kilowatt data verify"
+    )

@@ -210,10 +210,18 @@ def open_dataset(ref: str, storage: Storage) -> DataSetVersion:
 def _existing(url: str, storage: Storage) -> DataSetVersion | None:
     manifest_url = f"{url}/{MANIFEST_NAME}"
     fs, path = storage.filesystem(manifest_url)
-    if not with_retries(lambda: fs.exists(path), manifest_url):
+    # One request: the manifest itself (None when missing), not an existence check first.
+    data = with_retries(lambda: _bytes_or_none(fs, path), manifest_url)
+    if data is None:
         return None
-    manifest = Manifest.from_json(storage.read_bytes(manifest_url), manifest_url)
-    return DataSetVersion(url, manifest, storage)
+    return DataSetVersion(url, Manifest.from_json(data, manifest_url), storage)
+
+
+def _bytes_or_none(fs: Any, path: str) -> bytes | None:
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        return None
 
 
 def verify_dataset(ref: str, storage: Storage) -> VerifyReport:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kilowatt.data import AccessPlan, ShardCache
+from kilowatt.data import AccessPlan, ShardCache, _cache
 from kilowatt.data._manifest import sha256_hex
 from kilowatt.errors import DataError
 
@@ -128,6 +128,25 @@ def test_a_remote_shard_with_other_content_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"changed after creation; run kilowatt data verify"):
         cache.get(sha, lambda: b"tampered", 0)
     assert cache.disk_entries() == {}
+
+
+def test_a_corrupted_download_is_never_renamed_into_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_cache, "_CHUNK_BYTES", 64)  # many chunks hashed and written per shard
+    shards = _shards(2)
+    sha, other = shards
+    tampered = bytearray(shards[sha])
+    tampered[-1] ^= 0xFF  # the last byte: the mismatch shows only once all is written
+    cache = ShardCache(tmp_path / "c", disk_bytes=10 * SHARD_BYTES)
+    with pytest.raises(DataError, match=r"changed after creation"):
+        cache.get(sha, lambda: bytes(tampered), 0)
+    files = [p for p in (tmp_path / "c").rglob("*") if p.is_file() and ".locks" not in p.parts]
+    assert files == []  # neither the shard nor its temporary file
+    assert cache.stats.remote_fetches == 1
+    assert cache.get(other, lambda: shards[other], 1) == shards[other]
+    assert cache.disk_entries() == {other: SHARD_BYTES}
+    assert (tmp_path / "c" / other[:2] / other).read_bytes() == shards[other]
 
 
 def _read_all(directory: str, log: str, barrier: multiprocessing.synchronize.Barrier) -> None:
