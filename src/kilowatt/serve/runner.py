@@ -20,7 +20,7 @@ from kilowatt.ports import announce, bound_url, hold_shared_port, listen
 from kilowatt.serve.app import ServeApp, create_app, grpc_url
 from kilowatt.serve.fleet import FLEET_ENV, Fleet
 from kilowatt.serve.metrics import ServeMetrics
-from kilowatt.serve.server import DeploymentEvent, InferenceServer, ServeCallback
+from kilowatt.serve.server import DeploymentEvent, InferenceServer, ServeCallback, notify
 from kilowatt.spec.serve import ServeSpec
 
 __all__ = ["SPEC_ENV", "run", "threads_per_worker", "worker_app"]
@@ -195,8 +195,7 @@ def run(
         os.environ[SPEC_ENV] = spec.model_dump_json()
         os.environ[_ADMIN_ENV] = "1" if admin else "0"
         for model in spec.models:
-            for callback in callbacks:
-                callback.on_deploy(DeploymentEvent("loaded", model))
+            notify(callbacks, "on_deploy", DeploymentEvent("loaded", model))
         config = uvicorn.Config(
             "kilowatt.serve.runner:worker_app", factory=True, workers=spec.workers, **options
         )
@@ -205,7 +204,4 @@ def run(
 
 def _announce(url: str, callbacks: Sequence[ServeCallback]) -> None:
     announce("serve", url)
-    for callback in callbacks:
-        hook = getattr(callback, "on_listening", None)
-        if hook is not None:
-            hook(url)
+    notify(callbacks, "on_listening", url)

@@ -42,7 +42,7 @@ from kilowatt.serve.metrics import ServeMetrics
 from kilowatt.serve.protocol import Tensors
 from kilowatt.spec.serve import ModelSpec, ServeSpec
 
-__all__ = ["DeploymentEvent", "InferResult", "InferenceServer", "ServeCallback"]
+__all__ = ["DeploymentEvent", "InferResult", "InferenceServer", "ServeCallback", "notify"]
 
 _log = logging.getLogger(__name__)
 
@@ -132,6 +132,16 @@ class _Route:
 def _unit_hash(key: str) -> float:
     digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
+
+
+def notify(callbacks: Sequence[ServeCallback], hook: str, argument: object) -> None:
+    """Call ``hook`` (``on_deploy``, ``on_listening``, ...) of each callback with
+    ``argument``; a callback that fails is logged and skipped."""
+    for callback in callbacks:
+        try:
+            getattr(callback, hook)(argument)
+        except Exception:  # a recorder's failure must not stop serving
+            _log.exception("serve callback %r failed in %s", callback, hook)
 
 
 class InferenceServer:
@@ -264,11 +274,7 @@ class InferenceServer:
         return drained
 
     def _notify(self, hook: str, event: DeploymentEvent) -> None:
-        for callback in self.callbacks:
-            try:
-                getattr(callback, hook)(event)
-            except Exception:  # a recorder's failure must not stop serving
-                _log.exception("deployment callback %r failed", callback)
+        notify(self.callbacks, hook, event)
 
     # -- requests --------------------------------------------------------------------
 

@@ -229,6 +229,26 @@ def test_callbacks_hear_deploy_and_undeploy() -> None:
     ]
 
 
+def test_a_failing_listening_callback_does_not_stop_the_start(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from kilowatt.serve.runner import _announce
+
+    heard: list[str] = []
+
+    class Broken(ServeCallback):
+        def on_listening(self, url: str) -> None:
+            raise RuntimeError("recorder down")
+
+    class Recorder(ServeCallback):
+        def on_listening(self, url: str) -> None:
+            heard.append(url)
+
+    _announce("http://127.0.0.1:8123", [Broken(), Recorder()])
+    assert heard == ["http://127.0.0.1:8123"]  # the one after the failure still hears it
+    assert "http://127.0.0.1:8123" in capsys.readouterr().err  # and it is announced
+
+
 def test_set_weights_rejects_unknown_versions() -> None:
     server = _server(ModelSpec(name="m", source="scale:1"))
     with pytest.raises(UnknownModel, match=r"has no version\(s\) \['7'\]"):
