@@ -401,14 +401,15 @@ import numpy as np, torch
 from kilowatt.serve.handler import load_handler
 from kilowatt.serve.runner import threads_per_worker
 from kilowatt.spec import ModelSpec, ServeSpec
-model_file, seconds, windows, batch = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), 64
+model_file, seconds, windows, features = sys.argv[1], float(sys.argv[2]), *map(int, sys.argv[3:5])
+batch = 64
 spec = ModelSpec(name="mlp", source=model_file)
 threads = threads_per_worker(ServeSpec(models=[spec]))
 torch.set_num_threads(threads)  # as kilowatt serve sets them in its worker
 torch.set_num_interop_threads(1)
 handler = load_handler(spec)
 handler.load()
-x = np.tile(np.random.default_rng(0).standard_normal(256).astype(np.float32), (batch, 1))
+x = np.tile(np.random.default_rng(0).standard_normal(features).astype(np.float32), (batch, 1))
 for _ in range(20):
     handler.predict(x)
 rates = []
@@ -432,7 +433,7 @@ def in_process_ceiling(
     runner.write_text(CEILING_RUNNER)
     load_before = os.getloadavg()[0]
     done = subprocess.run(
-        [sys.executable, str(runner), str(model_file), str(seconds), str(windows)],
+        [sys.executable, str(runner), str(model_file), str(seconds), str(windows), str(FEATURES)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     result = json.loads(done.stdout)
