@@ -32,10 +32,9 @@ def _answers_by_worker(
     for count in range(max_requests):  # a new connection each time, so every worker takes some
         reply = httpx.post(f"{url}{path}", json=sample, timeout=30)
         pid = reply.headers["kilowatt-worker-pid"]
-        answer = reply.headers.get("kilowatt-model-version", str(reply.status_code))
-        seen.setdefault(pid, set()).add(
-            answer if reply.status_code == 200 else str(reply.status_code)
-        )
+        ok = reply.status_code == 200
+        answer = reply.headers["kilowatt-model-version"] if ok else str(reply.status_code)
+        seen.setdefault(pid, set()).add(answer)
         if len(seen) == workers and count >= 20:
             break
     assert len(seen) == workers, f"only workers {sorted(seen)} answered"
