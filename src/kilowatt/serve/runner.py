@@ -69,9 +69,8 @@ def _set_threads(count: int) -> None:
 def _uvicorn_options(spec: ServeSpec) -> dict[str, Any]:
     import importlib.util
 
+    # No host or port: uvicorn serves the socket ``run`` binds (``kilowatt.ports.listen``).
     options: dict[str, Any] = {
-        "host": spec.host,
-        "port": spec.port,
         "log_level": "warning",
         "timeout_graceful_shutdown": int(spec.drain_timeout_s),
         "access_log": False,
