@@ -61,9 +61,21 @@ class OnnxHandler:
             self._session = ort_session(self.path, self._threads or _torch_threads())
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ServeError(f"{self.path}: ONNX Runtime cannot load it ({exc})") from None
-        first = self._session.get_inputs()[0]
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            names = ", ".join(i.name for i in inputs)
+            raise ServeError(
+                f"{self.path}: the graph takes {len(inputs)} inputs ({names}); ONNX models are "
+                "served with one input: export the model with a single input tensor"
+            )
+        first = inputs[0]
+        if first.type not in _ONNX_TYPES:
+            raise ServeError(
+                f"{self.path}: input {first.name!r} has type {first.type}, which cannot be "
+                f"served; use one of {', '.join(_ONNX_TYPES)}"
+            )
         self._input_name = first.name
-        self.input_dtype = _ONNX_TYPES.get(first.type, "FP32")
+        self.input_dtype = _ONNX_TYPES[first.type]
         dims = first.shape[1:]
         if self.input_shape is None and all(isinstance(d, int) for d in dims):
             self.input_shape = tuple(dims)

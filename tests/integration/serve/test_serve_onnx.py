@@ -66,3 +66,19 @@ def test_a_broken_onnx_file_is_refused_with_its_name(tmp_path: Path) -> None:
     handler = load_handler(ModelSpec(name="b", source=str(broken)))
     with pytest.raises(ServeError, match=r"broken\.onnx"):
         handler.load()
+
+
+class _TwoInputs(torch.nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a + b
+
+
+def test_an_onnx_graph_with_several_inputs_is_refused_at_load(tmp_path: Path) -> None:
+    path = tmp_path / "two.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_TwoInputs(), (torch.zeros(1, 4), torch.zeros(1, 4)), str(path),
+                          dynamo=False, input_names=["a", "b"])  # fmt: skip
+    handler = load_handler(ModelSpec(name="two", source=str(path)))
+    with pytest.raises(ServeError, match=r"two\.onnx: the graph takes 2 inputs \(a, b\)"):
+        handler.load()
