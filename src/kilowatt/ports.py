@@ -36,14 +36,18 @@ __all__ = [
 ]
 
 
+def _family(host: str) -> socket.AddressFamily:
+    """IPv6 for an address with a colon, else IPv4."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def listen(host: str, port: int) -> socket.socket:
     """A socket bound to ``host:port`` (0: a free port), inheritable by worker processes.
 
     Raises:
         ServeError: the address cannot be bound (in use, or not this machine's).
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener = socket.socket(_family(host), socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         listener.bind((host, port))
@@ -67,7 +71,7 @@ def hold_shared_port(host: str) -> socket.socket:
     """
     if not hasattr(socket, "SO_REUSEPORT"):
         raise ServeError("workers cannot share a port here (no SO_REUSEPORT); give a port number")
-    held = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    held = socket.socket(_family(host))
     held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     held.bind((host, 0))
     return held
@@ -92,6 +96,6 @@ def announce(program: str, url: str) -> None:
 def reserve_port(host: str = "127.0.0.1") -> int:
     """A port free on ``host`` right now, for a program that cannot bind port 0 itself and
     report it back; another process may take it before that program binds it."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+    with socket.socket(_family(host)) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])

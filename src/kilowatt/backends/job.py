@@ -38,6 +38,12 @@ JOB_ENV = "KILOWATT_JOB"
 
 JobKind = Literal["train", "serve", "command"]
 
+_SPEC_MODELS: dict[str, type[TrainSpec | ServeSpec | CommandJobSpec]] = {
+    "train": TrainSpec,
+    "serve": ServeSpec,
+    "command": CommandJobSpec,
+}
+
 
 @dataclass(frozen=True)
 class JobRequest:
@@ -68,8 +74,7 @@ class JobRequest:
 
     def typed_spec(self) -> TrainSpec | ServeSpec | CommandJobSpec:
         """The spec as its pydantic model."""
-        model = {"train": TrainSpec, "serve": ServeSpec, "command": CommandJobSpec}[self.kind]
-        return model.model_validate(self.spec)
+        return _SPEC_MODELS[self.kind].model_validate(self.spec)
 
     def to_dict(self) -> dict[str, Any]:
         """What the job queue stores."""
@@ -94,8 +99,7 @@ def read_job_file(path: str | Path, workdir: str | None = None) -> JobRequest:
     kind: JobKind = (
         "command" if "command" in document else "serve" if "models" in document else "train"
     )
-    model = {"train": TrainSpec, "serve": ServeSpec, "command": CommandJobSpec}[kind]
-    spec = load_spec(model, Path(path))
+    spec = load_spec(_SPEC_MODELS[kind], Path(path))
     return JobRequest(kind, spec.model_dump(mode="json"), workdir or os.getcwd())
 
 

@@ -51,21 +51,21 @@ def register(app: typer.Typer) -> None:
         from kilowatt.plan import PlanSpec, load_calibration, make_plan
         from kilowatt.spec import Settings, load_spec
 
-        settings = Settings.from_env()
-        if validate:
-            render_validation(
-                load_catalog(extra_files=catalog or (), user_dir=settings.catalog_dir)
-            )
-            return
-        if spec is None:
+        if spec is None and not validate:
             raise SpecError("kilowatt plan needs a plan spec (YAML), or --validate")
+        settings = Settings.from_env()
+        loaded = load_catalog(extra_files=catalog or (), user_dir=settings.catalog_dir)
+        if validate:
+            render_validation(loaded)
+            return
+        assert spec is not None  # checked above
         parsed = load_spec(PlanSpec, spec)
         overrides = {k: v for k, v in {"objective": objective, "top": top}.items() if v}
         if overrides:
             parsed = PlanSpec.model_validate({**parsed.model_dump(), **overrides})
         result = make_plan(
             parsed,
-            catalog=load_catalog(extra_files=catalog or (), user_dir=settings.catalog_dir),
+            catalog=loaded,
             calibration=load_calibration(settings.home / "calibration.json"),
         )
         if json_output:
