@@ -245,10 +245,11 @@ def simulate(engine: Engine, requests: Sequence[Request]) -> SimulationResult:
             now = pending[0].arrival_s
             continue
         admitted, free_blocks = _admit(engine, waiting, running, free_blocks)
-        decoding = [s for s in running if s not in admitted]
+        joined = set(admitted)
+        decoding = [s for s in running if s not in joined]
         free_blocks, evicted = _grow(engine, decoding, running, waiting, free_blocks)
-        preemptions += evicted
-        decoding = [s for s in decoding if s in running]
+        preemptions += len(evicted)
+        decoding = [s for s in decoding if s not in evicted]
         peak = max(peak, len(running))
         decode_context = sum(s.context for s in decoding)
         now += engine.iteration_s(
@@ -302,23 +303,23 @@ def _grow(
     running: list[_Sequence],
     waiting: deque[_Sequence],
     free_blocks: int,
-) -> tuple[int, int]:
+) -> tuple[int, set[_Sequence]]:
     """Give each decoding sequence the block its next token needs, preempting the newest
-    sequences (back to the head of the queue, to be recomputed) when none is free."""
-    evicted = 0
+    sequences (back to the head of the queue, to be recomputed) when none is free.
+    Returns the free blocks left and the preempted sequences."""
+    evicted: set[_Sequence] = set()
     for seq in decoding:
-        if seq not in running:
+        if seq in evicted:
             continue
         while math.ceil((seq.context + 1) / engine.block_tokens) > seq.blocks:
             if free_blocks > 0:
                 seq.blocks, free_blocks = seq.blocks + 1, free_blocks - 1
                 continue
-            victim = running[-1]
-            running.remove(victim)
+            victim = running.pop()
             free_blocks += victim.blocks
             victim.blocks = 0
             waiting.appendleft(victim)
-            evicted += 1
+            evicted.add(victim)
             if victim is seq:
                 break
     return free_blocks, evicted
