@@ -27,6 +27,7 @@ __all__ = [
     "ValidationRow",
     "fit_defaults",
     "fit_group_key",
+    "group_mfu",
     "leave_one_out",
     "setups",
     "validate",
@@ -75,20 +76,20 @@ def fit_defaults(
     fitted: Sequence[RunSetup], catalog: Catalog, wanted: Sequence[FitGroup] = ()
 ) -> dict[FitGroup, float]:
     """MFU per group fitted on ``fitted``; groups in ``wanted`` without runs borrow."""
-    groups: dict[FitGroup, list[RunSetup]] = {}
-    for setup in fitted:
-        groups.setdefault(fit_group_key(setup.run, catalog), []).append(setup)
-    result = {key: fit_mfu(members) for key, members in groups.items()}
-    for key in wanted:
-        if key not in result:
-            result[key] = _borrowed_mfu(key, fitted, catalog)
-    return result
+    keys = dict.fromkeys([*(fit_group_key(s.run, catalog) for s in fitted), *wanted])
+    return {key: group_mfu(key, fitted, catalog) for key in keys}
+
+
+def group_mfu(key: FitGroup, fitted: Sequence[RunSetup], catalog: Catalog) -> float:
+    """The MFU of one group fitted on its runs in ``fitted``; borrowed when it has none."""
+    members = [s for s in fitted if fit_group_key(s.run, catalog) == key]
+    return fit_mfu(members) if members else _borrowed_mfu(key, fitted, catalog)
 
 
 def _borrowed_mfu(key: FitGroup, fitted: Sequence[RunSetup], catalog: Catalog) -> float:
     family, precision = key
     if precision == "fp8":
-        bf16 = fit_defaults(fitted, catalog, wanted=[(family, "bf16")])[(family, "bf16")]
+        bf16 = group_mfu((family, "bf16"), fitted, catalog)
         return bf16 * FP8_TO_BF16_THROUGHPUT / 2.0
     same_precision = [s for s in fitted if s.run.precision == precision]
     if not same_precision:
@@ -120,8 +121,7 @@ def leave_one_out(all_setups: Sequence[RunSetup], catalog: Catalog) -> LeaveOneO
     predictions = []
     for index, setup in enumerate(all_setups):
         others = [s for i, s in enumerate(all_setups) if i != index]
-        key = fit_group_key(setup.run, catalog)
-        mfu = fit_defaults(others, catalog, wanted=[key])[key]
+        mfu = group_mfu(fit_group_key(setup.run, catalog), others, catalog)
         predictions.append(setup.predict(mfu))
     return LeaveOneOut(predictions)
 

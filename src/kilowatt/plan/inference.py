@@ -22,6 +22,7 @@ __all__ = [
     "ServeEstimate",
     "decode_step_s",
     "estimate_replica",
+    "kv_cache_precision",
     "prefill_s",
     "replicas_needed",
     "tensor_parallel_step_s",
@@ -39,7 +40,8 @@ def weight_bytes(model: PlanModel, precision: str) -> float:
     return model.params * BYTES_PER_VALUE[precision]
 
 
-def _kv_precision(precision: str) -> str:
+def kv_cache_precision(precision: str) -> str:
+    """Precision of the KV cache when serving in ``precision`` (bf16 unless fp32)."""
     return "fp32" if precision == "fp32" else "bf16"
 
 
@@ -65,7 +67,7 @@ def decode_step_s(
     >>> round(decode_step_s(m, 1, 0, "bf16", 1e15, 2e12)[0] * 1e3, 2)  # 14 GB / 2 TB/s
     7.0
     """
-    kv = batch * context_tokens * kv_cache_bytes_per_token(model, _kv_precision(precision))
+    kv = batch * context_tokens * kv_cache_bytes_per_token(model, kv_cache_precision(precision))
     memory_s = (weight_bytes(model, precision) + kv) / bytes_per_s
     compute_s = batch * forward_flops_per_token(model, context_tokens) / flops_per_s
     return max(memory_s, compute_s), memory_s >= compute_s
@@ -97,7 +99,7 @@ def estimate_replica(
     """Latency and throughput of one replica, or why it does not work."""
     weights = weight_bytes(model, serve.precision)
     context = serve.prompt_tokens + serve.output_tokens
-    kv = batch * context * kv_cache_bytes_per_token(model, _kv_precision(serve.precision))
+    kv = batch * context * kv_cache_bytes_per_token(model, kv_cache_precision(serve.precision))
     usable = device.memory_bytes * MEMORY_USABLE_FRACTION
     if (weights + kv) / tp > usable:
         return (

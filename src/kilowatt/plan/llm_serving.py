@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from kilowatt.catalog import Accelerator
 from kilowatt.errors import PlanInfeasible
 from kilowatt.plan.compute import forward_flops_per_token
-from kilowatt.plan.memory import BYTES_PER_VALUE, MEMORY_USABLE_FRACTION, kv_cache_bytes_per_token
+from kilowatt.plan.inference import BANDWIDTH_EFFICIENCY, kv_cache_precision, weight_bytes
+from kilowatt.plan.memory import MEMORY_USABLE_FRACTION, kv_cache_bytes_per_token
 from kilowatt.spec.plan import PlanModel
 
 __all__ = [
@@ -53,8 +54,6 @@ BLOCK_TOKENS = 16
 # vLLM 0.5-0.6 (its 2024-09-05 performance post finds CPU work dominating small-model
 # steps on H100). 2.5 ms matches the single-GPU checks in BENCHMARKS.md.
 STEP_OVERHEAD_S = 2.5e-3
-# Decode kernels reach about 80% of peak memory bandwidth (as kilowatt.plan.inference).
-_BANDWIDTH_EFFICIENCY = 0.8
 
 
 @dataclass(frozen=True)
@@ -106,8 +105,8 @@ class Engine:
         """An engine for ``model`` on accelerators with this much memory, bandwidth and
         achieved FLOP/s together (a tensor-parallel replica sums its devices); prefill at
         ``prefill_flops_per_s`` when that was measured, else at ``flops_per_s``."""
-        weights = model.params * BYTES_PER_VALUE[precision]
-        kv_per_token = kv_cache_bytes_per_token(model, "fp32" if precision == "fp32" else "bf16")
+        weights = weight_bytes(model, precision)
+        kv_per_token = kv_cache_bytes_per_token(model, kv_cache_precision(precision))
         free = memory_bytes * MEMORY_USABLE_FRACTION - weights
         if free <= 0:
             raise PlanInfeasible(
@@ -121,7 +120,7 @@ class Engine:
             flops_per_token=forward_flops_per_token(model, 0),
             attention_flops_per_context_token=2.0 * model.layers * model.hidden,
             flops_per_s=flops_per_s,
-            bytes_per_s=bandwidth_bytes_per_s * _BANDWIDTH_EFFICIENCY,
+            bytes_per_s=bandwidth_bytes_per_s * BANDWIDTH_EFFICIENCY,
             kv_capacity_tokens=int(free // kv_per_token),
             speed_factor=speed_factor,
             prefill_flops_per_s=prefill_flops_per_s,
@@ -246,10 +245,11 @@ def simulate(engine: Engine, requests: Sequence[Request]) -> SimulationResult:
             now = pending[0].arrival_s
             continue
         admitted, free_blocks = _admit(engine, waiting, running, free_blocks)
-        decoding = [s for s in running if s not in admitted]
+        joined = set(admitted)
+        decoding = [s for s in running if s not in joined]
         free_blocks, evicted = _grow(engine, decoding, running, waiting, free_blocks)
-        preemptions += evicted
-        decoding = [s for s in decoding if s in running]
+        preemptions += len(evicted)
+        decoding = [s for s in decoding if s not in evicted]
         peak = max(peak, len(running))
         decode_context = sum(s.context for s in decoding)
         now += engine.iteration_s(
@@ -303,23 +303,23 @@ def _grow(
     running: list[_Sequence],
     waiting: deque[_Sequence],
     free_blocks: int,
-) -> tuple[int, int]:
+) -> tuple[int, set[_Sequence]]:
     """Give each decoding sequence the block its next token needs, preempting the newest
-    sequences (back to the head of the queue, to be recomputed) when none is free."""
-    evicted = 0
+    sequences (back to the head of the queue, to be recomputed) when none is free.
+    Returns the free blocks left and the preempted sequences."""
+    evicted: set[_Sequence] = set()
     for seq in decoding:
-        if seq not in running:
+        if seq in evicted:
             continue
         while math.ceil((seq.context + 1) / engine.block_tokens) > seq.blocks:
             if free_blocks > 0:
                 seq.blocks, free_blocks = seq.blocks + 1, free_blocks - 1
                 continue
-            victim = running[-1]
-            running.remove(victim)
+            victim = running.pop()
             free_blocks += victim.blocks
             victim.blocks = 0
             waiting.appendleft(victim)
-            evicted += 1
+            evicted.add(victim)
             if victim is seq:
                 break
     return free_blocks, evicted

@@ -26,7 +26,7 @@ from kilowatt.catalog import Catalog, Instance, PurchaseOption
 from kilowatt.plan.result import OwnershipComparison, PlanResult, RentOption
 from kilowatt.spec.plan import Ownership
 
-__all__ = ["BuyVsRent", "OwnershipCost", "attach_ownership", "buy_vs_rent", "ownership_cost"]
+__all__ = ["OwnershipCost", "attach_ownership", "buy_vs_rent", "ownership_cost"]
 
 HOURS_PER_YEAR = 8760.0
 
@@ -56,25 +56,6 @@ class OwnershipCost:
         return self.fixed_usd_per_year + self.busy_extra_usd_per_hour * utilization * HOURS_PER_YEAR
 
 
-@dataclass(frozen=True)
-class BuyVsRent:
-    """Owning ``system`` against renting the same accelerators as ``instance`` (scaled to
-    the system's accelerator count) under one pricing model."""
-
-    instance: str
-    cloud: str
-    pricing: str
-    rent_usd_per_hour: float
-    rent_usd_per_year: float
-    own_usd_per_year: float
-    break_even_utilization: float | None
-    """Owning is cheaper above it; ``None``: never (or not pay-as-you-go)."""
-
-    @property
-    def cheaper(self) -> str:
-        return "buy" if self.own_usd_per_year < self.rent_usd_per_year else "rent"
-
-
 def ownership_cost(system: PurchaseOption, terms: Ownership, default_pue: float) -> OwnershipCost:
     """Yearly cost of owning ``system`` under ``terms``."""
     pue = terms.pue or default_pue
@@ -90,9 +71,10 @@ def ownership_cost(system: PurchaseOption, terms: Ownership, default_pue: float)
     )
 
 
-def buy_vs_rent(terms: Ownership, catalog: Catalog) -> list[BuyVsRent]:
+def buy_vs_rent(terms: Ownership, catalog: Catalog) -> list[RentOption]:
     """Owning ``terms.system`` against every cloud instance with its accelerator, under
-    on-demand, spot and one-year committed prices (cheapest rent first)."""
+    on-demand, spot and one-year committed prices (cheapest rent first); each option is
+    scaled to the system's accelerator count."""
     system = catalog.purchase(terms.system)
     own = ownership_cost(system, terms, catalog.default_pue)
     own_year = own.usd_per_year(terms.utilization)
@@ -104,15 +86,16 @@ def buy_vs_rent(terms: Ownership, catalog: Catalog) -> list[BuyVsRent]:
         for pricing, hourly, pay_as_you_go in _rent_prices(inst.price_usd_per_hour, inst):
             rent_h = hourly * scale
             used_hours = terms.utilization * HOURS_PER_YEAR if pay_as_you_go else HOURS_PER_YEAR
+            rent_year = rent_h * used_hours
             rows.append(
-                BuyVsRent(
+                RentOption(
                     instance=inst.name,
                     cloud=inst.cloud,
                     pricing=pricing,
                     rent_usd_per_hour=rent_h,
-                    rent_usd_per_year=rent_h * used_hours,
-                    own_usd_per_year=own_year,
+                    rent_usd_per_year=rent_year,
                     break_even_utilization=(_break_even(own, rent_h) if pay_as_you_go else None),
+                    cheaper="buy" if own_year < rent_year else "rent",
                 )
             )
     return sorted(rows, key=lambda row: row.rent_usd_per_year)
@@ -138,8 +121,8 @@ def _break_even(own: OwnershipCost, rent_usd_per_hour: float) -> float | None:
 def attach_ownership(result: PlanResult, terms: Ownership, catalog: Catalog) -> PlanResult:
     """``result`` with the buy-versus-rent comparison and a sentence on the break-even."""
     system = catalog.purchase(terms.system)
-    rows = buy_vs_rent(terms, catalog)
     own = ownership_cost(system, terms, catalog.default_pue)
+    busy_hours = terms.utilization * HOURS_PER_YEAR
     comparison = OwnershipComparison(
         system=system.name,
         price_usd=system.price_usd,
@@ -149,22 +132,8 @@ def attach_ownership(result: PlanResult, terms: Ownership, catalog: Catalog) -> 
         amortisation_usd_per_year=own.amortisation_usd_per_year,
         hosting_usd_per_year=own.hosting_usd_per_year,
         operations_usd_per_year=own.operations_usd_per_year,
-        energy_usd_per_year=own.usd_per_year(terms.utilization)
-        - own.amortisation_usd_per_year
-        - own.hosting_usd_per_year
-        - own.operations_usd_per_year,
-        options=[
-            RentOption(
-                instance=r.instance,
-                cloud=r.cloud,
-                pricing=r.pricing,
-                rent_usd_per_hour=r.rent_usd_per_hour,
-                rent_usd_per_year=r.rent_usd_per_year,
-                break_even_utilization=r.break_even_utilization,
-                cheaper=r.cheaper,
-            )
-            for r in rows
-        ],
+        energy_usd_per_year=own.idle_energy_usd_per_year + own.busy_extra_usd_per_hour * busy_hours,
+        options=buy_vs_rent(terms, catalog),
     )
     return result.model_copy(
         update={

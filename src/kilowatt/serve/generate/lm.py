@@ -137,7 +137,7 @@ class PagedRunner:
             n, end = len(item.tokens), item.start + len(item.tokens)
             tokens[row, :n] = torch.tensor(item.tokens)
             positions[row, :n] = torch.arange(item.start, end)
-            read_slots[row, :end] = torch.tensor([blocks.slot(item.seq_id, p) for p in range(end)])
+            read_slots[row, :end] = _slots_of(blocks, item.seq_id)[:end]
             causal = torch.ones((n, end), dtype=torch.bool).tril(diagonal=item.start)
             mask[row, 0, :n, :end] = causal
             write_slots.extend(read_slots[row, item.start : end].tolist())
@@ -158,6 +158,14 @@ class PagedRunner:
 
     def release(self, seq_id: str) -> None:
         """Nothing to do: the sequence's slots are simply overwritten by their next owner."""
+
+
+def _slots_of(blocks: BlockManager, seq_id: str) -> torch.Tensor:
+    """Every cache slot of ``seq_id``'s blocks, in position order (one tensor op, not a
+    lookup per position: this runs for every sequence at every step)."""
+    table = torch.tensor(blocks.table(seq_id), dtype=torch.long)
+    offsets = torch.arange(blocks.block_size)
+    return (table[:, None] * blocks.block_size + offsets).flatten()
 
 
 class HFRunner:

@@ -152,9 +152,8 @@ def create_generate_app(engine: GenerationEngine, metrics: GenerateMetrics) -> F
     @api.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatRequest, request: Request) -> Any:
         _check_model(body.model, name)
-        prompt = _chat_prompt(engine, body.messages)
-        prompt_tokens = len(engine.encode(prompt))
-        room = max(engine.runner.context - prompt_tokens, 1)
+        prompt = engine.encode(_chat_prompt(engine, body.messages))
+        room = max(engine.runner.context - len(prompt), 1)
         params = body.sampling(body.max_completion_tokens or room)
         return await _answer(engine, body, prompt, params, request, _ChatShape())
 
@@ -199,7 +198,7 @@ def _deadline(request: Request, engine: GenerationEngine) -> float | None:
 async def _answer(
     engine: GenerationEngine,
     body: _Common,
-    prompt: str,
+    prompt: str | list[int],
     params: SamplingParams,
     request: Request,
     shape: _Shape,
