@@ -221,13 +221,13 @@ class _WorkerReader:
                 yield (
                     self.worker,
                     consumed + first + used,
-                    dataclasses.asdict(self.cache.stats),
+                    self.cache.stats.as_dict(),
                     batch,
                 )
             consumed, index = consumed + rows, index + len(window)
         last = batcher.flush()
         if last is not None:
-            yield self.worker, consumed, dataclasses.asdict(self.cache.stats), last
+            yield self.worker, consumed, self.cache.stats.as_dict(), last
 
     def _window_columns(self, index: int, count: int) -> dict[str, Any]:
         # The window's shards and the next ``prefetch_shards`` are queued in the order they
