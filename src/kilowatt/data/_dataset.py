@@ -180,7 +180,6 @@ def _write_local_shards(
 
 
 def _upload(scratch: Path, target: str, manifest: Manifest, storage: Storage) -> None:
-    _fs, _path = storage.filesystem(target)
     written: list[str] = []
     try:
         for shard in manifest.shards:
