@@ -132,7 +132,8 @@ def create_dataset(
     description, batches = record_batches(source)
     with tempfile.TemporaryDirectory(dir=staging_dir, prefix="kilowatt-data-") as scratch:
         shards, schema = _write_local_shards(batches, Path(scratch), shard_bytes)
-        tables = [decode_shard(_read(Path(scratch) / s.name), s.name) for s in shards]
+        # Memory-mapped, so the statistics' two passes do not hold the whole set in memory.
+        tables = [_mapped_shard(Path(scratch) / s.name) for s in shards]
         manifest = Manifest(
             name=name,
             version=version,
@@ -179,7 +180,6 @@ def _write_local_shards(
 
 
 def _upload(scratch: Path, target: str, manifest: Manifest, storage: Storage) -> None:
-    _fs, _path = storage.filesystem(target)
     written: list[str] = []
     try:
         for shard in manifest.shards:
@@ -295,6 +295,10 @@ def _check_name(name: str, version: str) -> None:
                 f"data set {label} {value!r} is not usable; use letters, digits, '-', '_' "
                 "and '.', without '/', ':' or spaces"
             )
+
+
+def _mapped_shard(path: Path) -> pa.Table:
+    return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
 
 
 def _read(path: Path) -> bytes:

@@ -137,7 +137,7 @@ class ShardStream(IterableDataset[tuple[int, int, dict[str, Any], Any]]):
     def cache(self) -> ShardCache:
         """This process's shard cache."""
         if self._cache is None:
-            self._cache = _make_cache(self.options, self.version)
+            self._cache = _make_cache(self.options)
         return self._cache
 
     def share(self, context: Any) -> None:
@@ -192,7 +192,8 @@ class _WorkerReader:
         self.options, self.version = stream.options, stream.version
         self.order = stream.order()
         self.plan_times = _plan_times(self.order, stream.epoch, self.version)
-        self.mine = self.order.worker(stream.epoch, worker).shards
+        self.work = self.order.worker(stream.epoch, worker)
+        self.mine = self.work.shards
         self.cache = stream.cache()
         self.cache.set_plan(AccessPlan([(t, sha) for t, sha, _ in self.plan_times]))
         self.my_times = [t for t, _, w in self.plan_times if w == (stream.epoch, worker)]
@@ -207,9 +208,8 @@ class _WorkerReader:
 
     def batches(self, skip: int) -> Iterator[tuple[int, int, dict[str, Any], Any]]:
         batcher = _Batcher(self.options)
-        windows = self.order.worker(self.stream.epoch, self.worker).windows
         consumed, index = 0, 0
-        for window_index, window in enumerate(windows):
+        for window_index, window in enumerate(self.work.windows):
             rows = sum(self.version.manifest.shards[s].rows for s in window)
             if consumed + rows <= skip:  # resumed past this window: do not even fetch it
                 consumed, index = consumed + rows, index + len(window)
@@ -221,13 +221,13 @@ class _WorkerReader:
                 yield (
                     self.worker,
                     consumed + first + used,
-                    dataclasses.asdict(self.cache.stats),
+                    self.cache.stats.as_dict(),
                     batch,
                 )
             consumed, index = consumed + rows, index + len(window)
         last = batcher.flush()
         if last is not None:
-            yield self.worker, consumed, dataclasses.asdict(self.cache.stats), last
+            yield self.worker, consumed, self.cache.stats.as_dict(), last
 
     def _window_columns(self, index: int, count: int) -> dict[str, Any]:
         # The window's shards and the next ``prefetch_shards`` are queued in the order they
@@ -437,7 +437,7 @@ class Loader:
         self.stats.cache = total
 
 
-def _make_cache(options: LoaderOptions, version: DataSetVersion) -> ShardCache:
+def _make_cache(options: LoaderOptions) -> ShardCache:
     directory = options.cache_dir if options.disk_cache_bytes > 0 else None
     return ShardCache(
         directory, options.disk_cache_bytes, options.memory_cache_bytes, options.cache_policy

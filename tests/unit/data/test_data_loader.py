@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from kilowatt.data import DataSetVersion, Loader, Storage, create_dataset, verify_dataset
+from kilowatt.data._order import Order
 from kilowatt.errors import DataError
 
 ROWS = 600
@@ -190,3 +191,14 @@ def test_figures_add_up_over_epochs_and_the_memory_tier_serves_the_second(
     if num_workers <= 1:  # one process reads every shard: the second epoch is all memory
         assert both["data_remote_bytes"] == size and loader.stats.cache.memory_hits == shards
         assert both["data_memory_hit_rate"] == 0.5
+
+
+def test_cache_aware_order_opens_each_epoch_with_the_shards_the_last_one_ended_with() -> None:
+    kept = 3
+    order = Order(num_shards=20, seed=4, rank=1, world_size=2, cache_aware_shards=kept)
+    epochs = [order.rank_shards(epoch) for epoch in range(4)]
+    assert all(sorted(e) == sorted(epochs[0]) for e in epochs)  # the rank keeps its shards
+    for previous, current in itertools.pairwise(epochs):
+        assert set(current[:kept]) == set(previous[-kept:])
+        assert current != previous  # both groups are reshuffled
+    assert epochs == [order.rank_shards(epoch) for epoch in range(4)]  # a pure function
