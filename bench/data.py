@@ -375,7 +375,12 @@ def _run_streaming(config: dict[str, Any]) -> dict[str, Any]:
             cache_limit=config["cache_bytes"],
             **settings,
         )
-        loader = DataLoader(dataset, batch_size=config["batch_size"], num_workers=config["workers"])
+        loader = DataLoader(
+            dataset,
+            batch_size=config["batch_size"],
+            num_workers=config["workers"],
+            persistent_workers=config["workers"] > 0,  # kept across epochs, as kilowatt's
+        )
 
         def epoch(number: int) -> Any:
             return (batch["id"] for batch in loader)
@@ -406,7 +411,10 @@ def _run_litdata(config: dict[str, Any]) -> dict[str, Any]:
             **config["settings"],
         )
         loader = litdata.StreamingDataLoader(
-            dataset, batch_size=config["batch_size"], num_workers=config["workers"]
+            dataset,
+            batch_size=config["batch_size"],
+            num_workers=config["workers"],
+            persistent_workers=config["workers"] > 0,  # kept across epochs, as kilowatt's
         )
 
         def epoch(number: int) -> Any:
