@@ -149,6 +149,10 @@ def test_an_exported_program_gets_its_int8_variant(tmp_path: Path) -> None:
         expected = module(torch.from_numpy(BATCH)).numpy()
     atol = INT8_SHARE_OF_RANGE * float(np.ptp(expected))
     np.testing.assert_allclose(variant.runner(1)(BATCH), expected, atol=atol, rtol=0)
+    path = tmp_path / "onnx-int8-static.onnx"
+    variant.save(path)
+    served = load_served(path, 1, variant.serve_hints).predict(BATCH)
+    np.testing.assert_allclose(np.asarray(served), expected, atol=atol, rtol=0)
 
 
 def test_torch_static_int8_saves_int8_kernels(ctx: TransformContext) -> None:
