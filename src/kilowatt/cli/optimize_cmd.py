@@ -350,9 +350,11 @@ def _record_eval_dataset(run: Any, eval_ref: str) -> None:
 
 def _rows_to_register(report: Any) -> list[Any]:
     """The best kept row of each variant (a variant is one file, whatever its threads)."""
+    from kilowatt.optimize.candidates import BASELINE
+
     best: dict[str, Any] = {}
     for row in report.kept:
-        if row.name == "fp32-eager":
+        if row.name == BASELINE:
             continue  # that is the parent itself
         energy = row.figures.energy_per_1000_j
         if row.name not in best or energy < best[row.name].figures.energy_per_1000_j:

@@ -28,11 +28,11 @@ import sqlalchemy as sa
 
 from kilowatt.errors import BackupError
 from kilowatt.ops.database import dialect_of, dump_postgres, snapshot_sqlite, sqlite_path
-from kilowatt.ops.repository import BackupObject, BackupRepository, Manifest, sha256_of
+from kilowatt.ops.repository import BackupObject, BackupRepository, Manifest
 from kilowatt.spec import Settings
 from kilowatt.store import schema as t
 from kilowatt.store._engine import create_store_engine, schema_revision
-from kilowatt.store.artifacts import BlobStore
+from kilowatt.store.artifacts import BlobStore, sha256_file
 from kilowatt.store.audit_key import AUDIT_KEY_FILE
 
 __all__ = ["BackupResult", "local_path_in", "take_backup"]
@@ -114,7 +114,7 @@ class _ObjectWriter:
         self.copied = self.reused = self.copied_bytes = 0
 
     def add_file(self, kind: str, name: str, path: Path, sha256: str | None = None) -> None:
-        digest, size = sha256_of(path)
+        digest, size = sha256_file(path)
         if sha256 is not None and digest != sha256:
             raise BackupError(
                 f"{kind} {name!r} in the source is corrupt (sha256 {digest[:12]}, expected "

@@ -30,22 +30,11 @@ __all__ = [
     "BackupObject",
     "BackupRepository",
     "Manifest",
-    "sha256_of",
 ]
 
 # Bumped when a manifest's layout changes; a manifest with a higher number is refused.
 BACKUP_FORMAT = 1
 _CHUNK_BYTES = 1 << 20
-
-
-def sha256_of(path: Path) -> tuple[str, int]:
-    """The SHA-256 (hex) and size in bytes of a local file."""
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK_BYTES):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,17 @@ from kilowatt.errors import KilowattError
 from kilowatt.serve.onnx_handler import ort_session
 
 __all__ = [
+    "BASELINE",
     "TRANSFORMS",
     "NotApplicable",
     "TransformContext",
     "Variant",
     "quiet_torch_warnings",
 ]
+
+
+#: The unchanged fp32 module's variant: what every other variant is compared with.
+BASELINE = "fp32-eager"
 
 
 class NotApplicable(KilowattError):
@@ -141,7 +146,7 @@ def fp32_eager(ctx: TransformContext) -> Variant:
 
     if ctx.factory is not None:
         return Variant(
-            "fp32-eager", "none", {"saved_as": "state_dict"}, "torch", ".pt",
+            BASELINE, "none", {"saved_as": "state_dict"}, "torch", ".pt",
             _torch_runner(ctx.module), lambda path: torch.save(ctx.module.state_dict(), path),
             serve_hints={"format": "state_dict", "factory": ctx.factory},
         )  # fmt: skip
@@ -151,7 +156,7 @@ def fp32_eager(ctx: TransformContext) -> Variant:
             _jit_save(torch.jit.trace(ctx.module, _example_tensor(ctx)), path)
 
     return Variant(
-        "fp32-eager", "none", {"saved_as": "torchscript-trace (no factory)"}, "torch", ".pt",
+        BASELINE, "none", {"saved_as": "torchscript-trace (no factory)"}, "torch", ".pt",
         _torch_runner(ctx.module), save,
     )  # fmt: skip
 
@@ -457,7 +462,7 @@ def _preprocessed(ctx: TransformContext) -> Path:
 
 #: Every transform the optimizer tries, in table order.
 TRANSFORMS: dict[str, Callable[[TransformContext], Variant]] = {
-    "fp32-eager": fp32_eager,
+    BASELINE: fp32_eager,
     "torchscript": torchscript,
     "torch-export": torch_export,
     "int8-dynamic": int8_dynamic,

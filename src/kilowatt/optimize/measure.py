@@ -23,7 +23,7 @@ import numpy as np
 
 from kilowatt.errors import KilowattError
 
-__all__ = ["Effort", "Figures", "measure_file"]
+__all__ = ["Effort", "Figures", "load_served", "measure_file"]
 
 
 @dataclass(frozen=True)
@@ -161,28 +161,35 @@ def _energy_per_1000(
     return float(measurement.energy_j) * 1000.0 / count, str(measurement.method)
 
 
-def _child(config_file: Path) -> None:
-    from kilowatt.meter import EnergyMeter
+def load_served(path: Path, threads: int, serve_hints: dict[str, str] | None = None) -> Any:
+    """The loaded ``kilowatt serve`` handler of a saved variant file (``.predict(batch)``),
+    running ``threads`` intra-op threads."""
     from kilowatt.serve.handler import load_handler
     from kilowatt.spec import ModelSpec
 
-    config = json.loads(config_file.read_text())
-    effort = Effort(**{**config["effort"], "batch_sizes": tuple(config["effort"]["batch_sizes"])})
-    spec = ModelSpec(name="variant", source=config["model"], **config["hints"])
+    spec = ModelSpec(name="variant", source=str(path), **(serve_hints or {}))
     handler: Any
     if spec.source.endswith(".onnx"):
         from kilowatt.serve.onnx_handler import OnnxHandler
 
-        handler = OnnxHandler(spec.source, threads=config["threads"])  # no torch to import
+        handler = OnnxHandler(spec.source, threads=threads)  # no torch to import
     else:
         import torch
 
-        torch.set_num_threads(config["threads"])
+        torch.set_num_threads(threads)
         handler = load_handler(spec)
+    handler.load()
+    return handler
+
+
+def _child(config_file: Path) -> None:
+    from kilowatt.meter import EnergyMeter
+
+    config = json.loads(config_file.read_text())
+    effort = Effort(**{**config["effort"], "batch_sizes": tuple(config["effort"]["batch_sizes"])})
     inputs = np.load(config["inputs"])
     meter = EnergyMeter.for_this_process()
-    handler.load()
-    predict = handler.predict
+    predict = load_served(Path(config["model"]), config["threads"], config["hints"]).predict
     outputs = np.concatenate(
         [np.asarray(predict(inputs[i : i + 256])) for i in range(0, len(inputs), 256)]
     )

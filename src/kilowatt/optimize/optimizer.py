@@ -18,6 +18,7 @@ import numpy as np
 
 from kilowatt.errors import SpecError
 from kilowatt.optimize.candidates import (
+    BASELINE,
     TRANSFORMS,
     NotApplicable,
     TransformContext,
@@ -40,7 +41,6 @@ __all__ = [
 
 Objective = Literal["energy", "latency", "throughput", "cost"]
 OBJECTIVES: tuple[str, ...] = ("energy", "latency", "throughput", "cost")
-BASELINE = "fp32-eager"
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -258,9 +257,10 @@ def tune_serving(
     ``confirm_rounds`` times, interleaved (outside the budget: at most
     ``(confirm_top + 1) * confirm_rounds`` windows), and choose on the medians."""
     from kilowatt.meter import cpu_watts_per_core
+    from kilowatt.serve.runner import _available_cores
 
     watts = watts_per_core if watts_per_core is not None else cpu_watts_per_core(None, "local-cpu")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    cores = _available_cores()  # counted as the server under tuning counts them
     start = time.monotonic()
 
     def run(label: str, config: ServeSpec) -> ConfigResult:

@@ -107,10 +107,10 @@ class JobsMixin(StoreBase):
         ``now`` (epoch seconds, default the clock) decides which flexible jobs are due."""
         jobs = t.jobs.c
         now = time.time() if now is None else now
-        self.expire_missed_windows(now)
         due = sa.or_(jobs.flexible.is_(False), jobs.not_before.is_(None), jobs.not_before <= now)
         for _ in range(_CLAIM_TRIES):
             with self._write() as connection:
+                self._expire_missed(connection, now)
                 job_id = connection.execute(
                     sa.select(jobs.id)
                     .where(jobs.status == "queued", due)
@@ -138,32 +138,33 @@ class JobsMixin(StoreBase):
     def expire_missed_windows(self, now: float | None = None) -> list[int]:
         """Mark ``timed_out`` the queued flexible jobs that can no longer start in time to
         end by their deadline; returns their ids."""
-        jobs = t.jobs.c
-        now = time.time() if now is None else now
-        latest_start = jobs.deadline - sa.func.coalesce(jobs.max_runtime_s, 0.0)
         with self._write() as connection:
-            missed = (
-                connection.execute(
-                    sa.select(jobs.id).where(
-                        jobs.status == "queued", jobs.flexible.is_(True), latest_start < now
-                    )
-                )
-                .scalars()
-                .all()
+            return self._expire_missed(connection, time.time() if now is None else now)
+
+    def _expire_missed(self, connection: sa.Connection, now: float) -> list[int]:
+        jobs = t.jobs.c
+        latest_start = jobs.deadline - sa.func.coalesce(jobs.max_runtime_s, 0.0)
+        missed = connection.execute(
+            sa.select(jobs.id).where(
+                jobs.status == "queued", jobs.flexible.is_(True), latest_start < now
             )
-            for job_id in missed:
-                connection.execute(
-                    sa.update(t.jobs)
-                    .where(jobs.id == job_id, jobs.status == "queued")
-                    .values(
-                        status="timed_out",
-                        error="its window closed before it could start and end by its deadline",
-                        finished_at=now,
-                        updated_at=now,
-                    )
+        ).scalars()
+        expired = []
+        for job_id in missed.all():
+            updated = connection.execute(
+                sa.update(t.jobs)
+                .where(jobs.id == job_id, jobs.status == "queued")
+                .values(
+                    status="timed_out",
+                    error="its window closed before it could start and end by its deadline",
+                    finished_at=now,
+                    updated_at=now,
                 )
+            ).rowcount
+            if updated == 1:  # not claimed or cancelled meanwhile
                 self._audit(connection, "job.expire", f"job:{job_id}")
-        return list(missed)
+                expired.append(job_id)
+        return expired
 
     def update_job(self, job_id: int, **fields: Any) -> Job:
         """Set fields of a job (status, pid, devices, exit_code, run_id, ...)."""

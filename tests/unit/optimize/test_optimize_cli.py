@@ -35,16 +35,7 @@ def eval_set() -> tuple[np.ndarray, np.ndarray]:
 def test_optimize_registers_the_kept_variant_with_lineage(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    model_file = tmp_path / "mlp.pt"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.script(make_mlp()).save(str(model_file))
-    with open_store() as store:
-        run = store.create_run("train")
-        store.log_artifact(run.id, model_file)
-        store.register_model(
-            "mlp", run_id=run.id, artifact="mlp.pt", signature={"input_shape": [8]}
-        )
+    _register_mlp(tmp_path)
     code = main([
         "optimize", "mlp:1", "--eval", f"{__name__}:eval_set", "--quick", "--threads", "1",
         "--transforms", "onnx,int8-dynamic", "--max-accuracy-drop", "100%",

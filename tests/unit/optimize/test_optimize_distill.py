@@ -20,6 +20,7 @@ from kilowatt.optimize.distill import (
     distillation_loss,
     narrow_student,
 )
+from kilowatt.optimize.measure import load_served
 
 CLASSES = 5
 INPUTS = np.random.default_rng(0).standard_normal((512, 16)).astype(np.float32)
@@ -68,6 +69,8 @@ def test_the_distilled_student_is_smaller_and_learns_the_teacher(tmp_path: Path)
     assert distilled > agreement(untrained, ctx.module, EVAL) + 0.3
     student_file, teacher_file = tmp_path / "student.pt", tmp_path / "teacher.pt"
     variant.save(student_file)
+    served = np.asarray(load_served(student_file, 1, variant.serve_hints).predict(EVAL))
+    assert float(np.mean(served.argmax(1) == teacher_classes)) == pytest.approx(distilled, abs=1e-4)
     torchscript(ctx).save(teacher_file)
     assert student_file.stat().st_size < teacher_file.stat().st_size
 

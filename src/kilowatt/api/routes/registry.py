@@ -21,6 +21,7 @@ router = APIRouter()
 
 ModelName = Path(..., min_length=1, max_length=200, description="A registered model's name.")
 Version = Path(..., ge=1, le=2**31, description="A version number.")
+AliasName = Path(..., min_length=1, max_length=64, description="An alias of a model.")
 NodeKind = Literal["dataset", "run", "model_version", "deployment"]
 
 
@@ -140,7 +141,7 @@ def set_alias(
     request: Request,
     body: AliasSet,
     name: str = ModelName,
-    alias: str = Path(..., min_length=1, max_length=64),
+    alias: str = AliasName,
     principal: Principal = require(Role.operator),
 ) -> dict[str, Any]:
     """Move ``alias`` to ``version`` atomically; returns the version it replaced."""
@@ -152,7 +153,7 @@ def set_alias(
 def delete_alias(
     request: Request,
     name: str = ModelName,
-    alias: str = Path(..., min_length=1, max_length=64),
+    alias: str = AliasName,
     principal: Principal = require(Role.operator),
 ) -> dict[str, Any]:
     """Remove an alias; returns the version it pointed at."""
@@ -240,7 +241,7 @@ def promote(
     request: Request,
     body: PromoteRequest,
     name: str = ModelName,
-    alias: str = Path(..., min_length=1, max_length=64),
+    alias: str = AliasName,
     principal: Principal = require(Role.operator),
 ) -> Any:
     """Run the promotion gate; the alias moves only on pass (or ``force`` by an admin).
