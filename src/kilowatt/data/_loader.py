@@ -252,7 +252,7 @@ class _WorkerReader:
         self.pending[index] = self.pool.submit(
             self.cache.get,
             shard.sha256,
-            lambda: storage.read_bytes(url),
+            lambda: storage.read_bytes(url, shard.bytes),
             self.my_times[index],
             keep_on_disk=not is_local_url(self.version.url),
         )

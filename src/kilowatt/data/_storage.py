@@ -61,15 +61,28 @@ class Storage:
                 options.setdefault("endpoint_url", self.endpoint_url)
             if "profile" not in options:
                 options.setdefault("session", _s3_session())
+            # Every shard is checked against its SHA-256 as it is read; botocore's own CRC
+            # of each response body would be a second pass over the same bytes.
+            options["config_kwargs"] = {
+                "response_checksum_validation": "when_required",
+                **options.get("config_kwargs", {}),
+            }
         try:
             return url_to_fs(url, **options)
         except (ImportError, ValueError) as exc:
             raise DataError(f"cannot open {url}: {exc}; check the URL's scheme") from None
 
-    def read_bytes(self, url: str) -> bytes:
-        """The whole object at ``url`` (retried with backoff; FileNotFound is not retried)."""
+    def read_bytes(self, url: str, size: int | None = None) -> bytes:
+        """The whole object at ``url`` (retried with backoff; FileNotFound is not retried).
+
+        ``size``, when the caller knows it (a shard's manifest entry), reads that many bytes
+        in one ranged request: s3fs would otherwise ask for the object's size first (a HEAD
+        per object). A shorter object comes back short, for the caller's hash check.
+        """
         fs, path = self.filesystem(url)
-        return with_retries(lambda: fs.cat_file(path), url)
+        if size is None:
+            return with_retries(lambda: fs.cat_file(path), url)
+        return with_retries(lambda: fs.cat_file(path, start=0, end=size), url)
 
     def write_bytes_atomic(self, url: str, data: bytes) -> None:
         """Write ``data`` so that readers see the old object or all of the new one.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import multiprocessing
 from pathlib import Path
 from typing import Any
@@ -156,3 +157,29 @@ def test_s3fs_sees_only_complete_versions(remote: DataSetVersion, s3_storage: St
     )
     listing = fs.ls(remote.url.removeprefix("s3://"), detail=False)
     assert sorted(p.rsplit("/", 1)[-1] for p in listing) == ["manifest.json", "shards"]
+
+
+def test_an_epoch_reads_each_shard_with_one_request(
+    remote: DataSetVersion, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The manifest gives each shard's size, so no HEAD precedes a shard's GET (as seen by
+    the S3 server, which runs in this process and logs every request)."""
+    loader = Loader(remote, batch_size=64, cache_dir=tmp_path / "cache", disk_cache_bytes=10**7)
+    with caplog.at_level(logging.INFO, logger="werkzeug"):
+        assert sorted(_ids(loader)) == list(range(ROWS))
+    requests = [r.getMessage() for r in caplog.records if r.name == "werkzeug"]
+    shard_gets = [m for m in requests if "GET /" in m and "/shards/" in m]
+    assert len(shard_gets) == len(remote.manifest.shards)
+    assert not [m for m in requests if "HEAD /" in m]
+
+
+def test_a_truncated_remote_shard_is_never_served(
+    remote: DataSetVersion, s3_storage: Storage, tmp_path: Path
+) -> None:
+    shard = remote.manifest.shards[2]
+    fs, path = s3_storage.filesystem(remote.shard_url(shard))
+    fs.pipe_file(path, fs.cat_file(path)[:-100])
+    loader = Loader(remote, batch_size=64, cache_dir=tmp_path / "cache", disk_cache_bytes=10**7)
+    with pytest.raises(DataError, match="changed after creation"):
+        _ids(loader)
+    assert not list((tmp_path / "cache").glob(f"??/{shard.sha256}"))
