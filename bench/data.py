@@ -599,8 +599,12 @@ def main() -> None:
             if any(VARIANTS[n][0] == kind for n in names):
                 data[kind] = _write_peer_in_venv(kind, args, endpoint, scratch)
         runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-        for _ in range(args.repeats):
-            for name in names:
+        for index in range(args.repeats):
+            # Each round starts at the next loader, so that none always runs first; the
+            # writes of whatever ran before (data creation, a loader's disk cache) reach the
+            # disk before the next loader's clock starts.
+            for name in names[index % len(names) :] + names[: index % len(names)]:
+                os.sync()
                 runs[name].append(run_variant(name, args, data, proxy.url, scratch))
                 print(f"{name}: done", file=sys.stderr)
         rows = [summarise(n, runs[n], data["kilowatt"]["bytes"]) for n in names]
