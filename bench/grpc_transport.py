@@ -12,7 +12,8 @@ Two phases, each interleaved and repeated (min / median / max reported):
 
 REST runs under ``wrk``, gRPC under ``h2load`` (Debian: ``apt-get install -y wrk
 nghttp2-client``), 64 connections, one request in flight on each. The server's CPU seconds
-(every thread, from /proc) over the requests answered give its cost per request.
+(every thread, from /proc) over the requests answered give its cost per request; for
+kilowatt, its ``kilowatt_serve_batch_size`` histogram gives the rows per forward pass.
 
     python bench/grpc_transport.py                  # 5 s per run, 3 repeats
     python bench/grpc_transport.py --duration 8 --repeats 5
@@ -37,8 +38,10 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import httpx
 import numpy as np
 import torch
+from prometheus_client import parser
 from serve import FEATURES, json_body, reference_model  # bench/ is on sys.path
 
 from kilowatt.ports import reserve_port
@@ -169,14 +172,34 @@ class Load:
 
     pid: int
     run: Callable[[], int]
+    metrics_url: str | None = None  # kilowatt's /metrics, for the rows per forward pass
 
     def measure(self) -> dict[str, float]:
+        rows, passes = self._batches()
         start_cpu, start = cpu_seconds(self.pid), time.monotonic()
         answered = self.run()
         cpu, wall = cpu_seconds(self.pid) - start_cpu, time.monotonic() - start
         if answered == 0:
             raise RuntimeError("no request was answered")
-        return {"rps": answered / wall, "cpu_ms": 1000 * cpu / answered}
+        figures = {"rps": answered / wall, "cpu_ms": 1000 * cpu / answered}
+        if self.metrics_url is not None:
+            end_rows, end_passes = self._batches()
+            figures["rows_per_pass"] = (end_rows - rows) / max(1.0, end_passes - passes)
+        return figures
+
+    def _batches(self) -> tuple[float, float]:
+        """Rows and forward passes so far, from kilowatt_serve_batch_size."""
+        if self.metrics_url is None:
+            return 0.0, 0.0
+        text = httpx.get(self.metrics_url, timeout=10).text
+        totals = {"_sum": 0.0, "_count": 0.0}
+        for family in parser.text_string_to_metric_families(text):
+            if family.name == "kilowatt_serve_batch_size":
+                for sample in family.samples:
+                    for suffix in totals:
+                        if sample.name.endswith(suffix):
+                            totals[suffix] += sample.value
+        return totals["_sum"], totals["_count"]
 
 
 def interleave(rest: Load, grpc: Load, repeats: int) -> dict[str, list[dict[str, float]]]:
@@ -230,6 +253,9 @@ def report(name: str, runs: dict[str, list[dict[str, float]]]) -> dict[str, obje
         rps = [r["rps"] for r in rows]
         cpu = [r["cpu_ms"] for r in rows]
         print(f"{label:6} {spread(rps, 0):>28} {spread(cpu):>28}")
+    if "rows_per_pass" in rest[0]:
+        for label, rows in (("REST", rest), ("gRPC", grpc)):
+            print(f"{label} rows per forward pass: {spread([r['rows_per_pass'] for r in rows], 1)}")
     throughput = [g["rps"] / r["rps"] for r, g in zip(rest, grpc, strict=True)]
     cost = [g["cpu_ms"] / r["cpu_ms"] for r, g in zip(rest, grpc, strict=True)]
     print(f"gRPC / REST: throughput {spread(throughput, 2)}, CPU per request {spread(cost, 2)}")
@@ -270,8 +296,9 @@ def main(argv: list[str] | None = None) -> int:
             assert kw.grpc_endpoint is not None
             address = kw.grpc_endpoint.removeprefix("grpc://")
             check_grpc_answer(address)
-            rest = Load(kw.pid, lambda: rest_load(f"{kw.endpoint}/predict"))
-            grpc = Load(kw.pid, lambda: grpc_load(address))
+            metrics = f"{kw.endpoint}/metrics"
+            rest = Load(kw.pid, lambda: rest_load(f"{kw.endpoint}/predict"), metrics)
+            grpc = Load(kw.pid, lambda: grpc_load(address), metrics)
             served = interleave(rest, grpc, args.repeats)
         results["kilowatt"] = report("kilowatt serve, reference MLP", served)
     args.out.parent.mkdir(parents=True, exist_ok=True)
