@@ -186,7 +186,8 @@ def optimize(
 
     Raises:
         SpecError: the eval does not fit the model's outputs (before any variant is built),
-            or an unknown transform or objective was asked for.
+            an unknown transform or objective was asked for, or the cost objective without
+            a price.
     """
     table = _all_transforms(options.distill)
     wanted = options.transforms or tuple(table)
@@ -195,6 +196,11 @@ def optimize(
         raise SpecError(
             f"unknown transform(s) {unknown} or objective {options.objective!r}; transforms: "
             f"{', '.join(table)}; objectives: {', '.join(OBJECTIVES)}"
+        )
+    if options.objective == "cost" and options.usd_per_s <= 0 and options.usd_per_j <= 0:
+        raise SpecError(
+            "the cost objective needs a price, or every variant costs 0: set usd_per_s (the "
+            "machine's price per second) or usd_per_j (energy's price per joule) above 0"
         )
     inputs = np.ascontiguousarray(eval_set.inputs)
     check_eval_fits(eval_set, _first_output(module, inputs))

@@ -136,6 +136,14 @@ def test_an_eval_that_does_not_fit_the_outputs_is_refused_before_any_work(
     assert not workdir.exists()
 
 
+def test_the_cost_objective_without_a_price_is_refused_before_any_work(tmp_path: Path) -> None:
+    evaluation = EvalSet(BATCH, np.zeros(16, np.int64))
+    workdir = tmp_path / "work"
+    with pytest.raises(SpecError, match=r"cost objective needs a price.*usd_per_s"):
+        optimize(small_cnn(), evaluation, workdir, OptimizeOptions(objective="cost"))
+    assert not workdir.exists()
+
+
 def test_an_exported_program_gets_its_int8_variant(tmp_path: Path) -> None:
     # A registered .pt2 loads as a graph module the fast ONNX exporter cannot trace; the
     # torch.export-based one must write a single file the quantizer can read.
