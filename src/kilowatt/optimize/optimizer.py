@@ -8,7 +8,6 @@ find the Pareto front and choose by the objective.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from kilowatt.errors import SpecError
+from kilowatt.host import available_cores
 from kilowatt.optimize.candidates import (
     BASELINE,
     TRANSFORMS,
@@ -171,8 +171,7 @@ def _all_transforms(
 
 
 def _default_threads() -> tuple[int, ...]:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return tuple(sorted({1, cores or 1}))
+    return tuple(sorted({1, available_cores()}))
 
 
 def optimize(
