@@ -55,6 +55,7 @@ RESULTS = ROOT / "bench" / "results" / "optimize.json"
 sys.path.insert(0, str(ROOT))
 
 from examples.quickstart import digits  # noqa: E402
+from kilowatt.host import available_cores  # noqa: E402
 from kilowatt.optimize import (  # noqa: E402
     Effort,
     EvalSet,
@@ -70,7 +71,7 @@ from kilowatt.spec import ModelSpec, ServeSpec  # noqa: E402
 EFFORT = Effort(
     latency_iterations=200, batch_sizes=(1, 16, 64, 256), seconds_per_batch_size=0.3, energy_s=1.0
 )
-CORES = len(os.sched_getaffinity(0))
+CORES = available_cores()
 
 
 def reference_mlp() -> nn.Module:

@@ -33,6 +33,18 @@ def clean_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test: its matrices are tiny, and a second thread only adds
+    synchronisation on a shared machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # Under CI=true these markers name tests that must run: a skip of one fails the run, so a
 # green CI means PostgreSQL and the browser were really exercised.
 MUST_RUN_IN_CI = ("postgres", "browser")

@@ -33,6 +33,7 @@ __all__ = [
     "listen",
     "listening_prefix",
     "reserve_port",
+    "url_for",
 ]
 
 
@@ -78,9 +79,14 @@ def hold_shared_port(host: str) -> socket.socket:
 
 
 def bound_url(listener: socket.socket, host: str, scheme: str = "http") -> str:
-    """The URL clients reach ``listener`` at (its bound port, IPv6 hosts in brackets)."""
+    """The URL clients reach ``listener`` at (its bound port)."""
+    return url_for(host, listener.getsockname()[1], scheme)
+
+
+def url_for(host: str, port: int, scheme: str = "http") -> str:
+    """``scheme://host:port``, an IPv6 host in brackets (its colons are not the port's)."""
     shown = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{shown}:{listener.getsockname()[1]}"
+    return f"{scheme}://{shown}:{port}"
 
 
 def listening_prefix(program: str) -> str:

@@ -32,6 +32,7 @@ from kilowatt.backends.devices import DevicePool, detect_devices
 from kilowatt.backends.job import JobRequest, write_job_file
 from kilowatt.backends.process import Exit, JobProcess
 from kilowatt.errors import KilowattError
+from kilowatt.host import available_cores
 from kilowatt.meter import Accountant, Measurement, cpu_watts_per_core
 from kilowatt.signals import handling_signals
 from kilowatt.spec import Settings
@@ -99,8 +100,7 @@ class LocalWorker:
         self.settings = settings or Settings.from_env()
         self.pool = DevicePool(detect_devices() if devices is None else list(devices))
         self.max_parallel = max_parallel
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-        self.cpu_threads = cpu_threads or max(1, cores // max_parallel)
+        self.cpu_threads = cpu_threads or max(1, available_cores() // max_parallel)
         self.catalog = catalog
         self.poll_interval_s = poll_interval_s
         self.stop_grace_s = stop_grace_s

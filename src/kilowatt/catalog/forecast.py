@@ -104,12 +104,13 @@ def load_forecast_csv(path: Path, region: str) -> HourlyForecast:
         raise CatalogError(f"{path}: no forecast rows for region {region!r}")
     hours = [(_parse_hour(path, line, row["hour"]), line, row) for line, row in rows]
     hours.sort(key=lambda item: item[0])
-    for (before, _, _), (after, line, _) in itertools.pairwise(hours):
-        if after - before != _HOUR:
-            raise CatalogError(
-                f"{path}, line {line}: hour {_iso(after)} does not follow {_iso(before)}; "
-                "a forecast needs one row per consecutive hour"
-            )
+    gap = _first_gap([moment for moment, _, _ in hours])
+    if gap is not None:
+        (before, _, _), (after, line, _) = hours[gap - 1], hours[gap]
+        raise CatalogError(
+            f"{path}, line {line}: hour {_iso(after)} does not follow {_iso(before)}; "
+            "a forecast needs one row per consecutive hour"
+        )
     carbon = tuple(_number(path, line, row, "gco2e_per_kwh") for _, line, row in hours)
     has_price = "price_usd_per_kwh" in (reader.fieldnames or [])
     price = (
@@ -157,7 +158,8 @@ class ElectricityMapsClient:
         """The hourly carbon-intensity forecast of ``zone`` (no prices).
 
         Raises:
-            CatalogError: the API refused the request or answered something unexpected.
+            CatalogError: the API refused the request or answered something unexpected,
+                such as hours that are not consecutive.
         """
         query = urllib.parse.urlencode({"zone": zone})
         url = f"{self.base_url}/v3/carbon-intensity/forecast?{query}"
@@ -186,7 +188,25 @@ def _from_api(zone: str, url: str, body: object) -> HourlyForecast:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CatalogError(f"{url}: unexpected forecast entry ({exc})") from None
+    # The figures are read by position from the first hour: a missing or repeated hour
+    # would shift every later one.
+    gap = _first_gap([moment for moment, _ in hours])
+    if gap is not None:
+        raise CatalogError(
+            f"{url}: forecast hour {_iso(hours[gap][0])} does not follow "
+            f"{_iso(hours[gap - 1][0])}; a forecast needs one value per consecutive hour. "
+            f"Retry later, or give an hourly forecast CSV for zone {zone!r} instead"
+        )
     return HourlyForecast(zone, hours[0][0], tuple(v for _, v in hours), None, url)
+
+
+def _first_gap(hours: list[dt.datetime]) -> int | None:
+    """Index of the first of the sorted ``hours`` that is not one hour after the one before
+    it (a gap, a repeat or a finer step), or None when they are consecutive."""
+    for index, (before, after) in enumerate(itertools.pairwise(hours), start=1):
+        if after - before != _HOUR:
+            return index
+    return None
 
 
 def _parse_hour(path: Path, line: int, value: str) -> dt.datetime:

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from kilowatt.cli.store_cmd import console, open_cli_store
-from kilowatt.errors import SpecError
+from kilowatt.errors import CatalogError, SpecError
 from kilowatt.spec import Settings
 
 __all__ = ["dataset_eval", "optimize_model", "parse_fraction", "register", "saving_line"]
@@ -149,7 +149,7 @@ def optimize(
         finetune=_finetune(spec),
         distill=_distillation(student, student_width, distill_steps),
         factory=factory,
-        usd_per_s=_usd_per_s(),  # a rented machine's price covers its power too
+        usd_per_s=_usd_per_s(objective),  # a rented machine's price covers its power too
     )
     eval_set = load_eval(eval_ref)
     with tempfile.TemporaryDirectory(prefix="kilowatt-optimize-") as scratch:
@@ -265,13 +265,34 @@ def _distillation(student: str | None, width: float, steps: int) -> Any:
         raise SpecError(f"--student-width/--distill-steps: {exc}") from None
 
 
-def _usd_per_s() -> float:
+def _usd_per_s(objective: str) -> float:
+    """This machine's price per second: the catalog's ``local-cpu`` instance, read only for
+    the cost objective (a price of 0 would rank every variant the same).
+
+    Raises:
+        CatalogError: the catalog cannot be read, has no ``local-cpu`` instance, or prices
+            it at 0 (the built-in entry does: a machine you own).
+    """
+    if objective != "cost":
+        return 0.0
     from kilowatt.catalog import load_catalog
 
+    catalog_dir = Settings.from_env().catalog_dir
+    fix = (
+        f"To fix: add an instance named 'local-cpu' with this machine's price_usd_per_hour "
+        f"to a catalog file in {catalog_dir} (it replaces the built-in entry), or choose "
+        "another --objective"
+    )
     try:
-        return float(load_catalog().instance("local-cpu").price_usd_per_hour) / 3600.0
-    except Exception:
-        return 0.0
+        price = load_catalog(user_dir=catalog_dir).instance("local-cpu").price_usd_per_hour
+    except CatalogError as exc:
+        raise CatalogError(f"--objective cost needs this machine's price: {exc}. {fix}") from None
+    if price <= 0:
+        raise CatalogError(
+            f"--objective cost needs this machine's price, but the catalog's 'local-cpu' "
+            f"instance costs {price} USD/hour, so every variant would cost 0. {fix}"
+        )
+    return price / 3600.0
 
 
 def _resolve_model(ref: str, workdir: Path) -> tuple[Path, Any]:

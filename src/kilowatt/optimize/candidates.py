@@ -1,4 +1,4 @@
-"""Candidate variants of a model: each transform builds something that can answer batches.
+"""Candidate variants of a model: each transform builds one that saves as a servable file.
 
 A transform takes the fp32 module and the context (an example batch, calibration samples, a
 work folder) and returns a :class:`Variant`, or raises :class:`NotApplicable` with the
@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from kilowatt.errors import KilowattError
-from kilowatt.serve.onnx_handler import ort_session
 
 __all__ = [
     "BASELINE",
@@ -44,9 +43,6 @@ class NotApplicable(KilowattError):
     """A transform does not apply to this model; the message says why."""
 
 
-Predict = Callable[[np.ndarray], np.ndarray]
-
-
 @dataclass
 class Variant:
     """One way to run the model.
@@ -57,8 +53,6 @@ class Variant:
         parameters: the transform's settings (recorded on the registered version).
         runtime: ``torch`` or ``onnxruntime``.
         suffix: the file suffix of the saved form.
-        runner: ``runner(threads)`` returns a predict function using that many intra-op
-            threads.
         save: writes the servable file.
         serve_hints: ``ModelSpec`` fields ``kilowatt serve`` needs to read the file
             (``format``, ``factory``); empty when the file is recognised by itself.
@@ -69,7 +63,6 @@ class Variant:
     parameters: dict[str, Any]
     runtime: str
     suffix: str
-    runner: Callable[[int], Predict]
     save: Callable[[Path], None]
     serve_hints: dict[str, str] = field(default_factory=dict)
 
@@ -117,20 +110,6 @@ def _jit_save(module: Any, path: Path) -> None:
         torch.jit.save(module, str(path))
 
 
-def _torch_runner(module: Any) -> Callable[[int], Predict]:
-    def runner(threads: int) -> Predict:
-        import torch
-
-        def predict(batch: np.ndarray) -> np.ndarray:
-            torch.set_num_threads(threads)
-            with torch.inference_mode():
-                return np.asarray(module(torch.from_numpy(batch)).detach().numpy())
-
-        return predict
-
-    return runner
-
-
 def _example_tensor(ctx: TransformContext) -> Any:
     import torch
 
@@ -147,7 +126,7 @@ def fp32_eager(ctx: TransformContext) -> Variant:
     if ctx.factory is not None:
         return Variant(
             BASELINE, "none", {"saved_as": "state_dict"}, "torch", ".pt",
-            _torch_runner(ctx.module), lambda path: torch.save(ctx.module.state_dict(), path),
+            lambda path: torch.save(ctx.module.state_dict(), path),
             serve_hints={"format": "state_dict", "factory": ctx.factory},
         )  # fmt: skip
 
@@ -156,8 +135,7 @@ def fp32_eager(ctx: TransformContext) -> Variant:
             _jit_save(torch.jit.trace(ctx.module, _example_tensor(ctx)), path)
 
     return Variant(
-        BASELINE, "none", {"saved_as": "torchscript-trace (no factory)"}, "torch", ".pt",
-        _torch_runner(ctx.module), save,
+        BASELINE, "none", {"saved_as": "torchscript-trace (no factory)"}, "torch", ".pt", save,
     )  # fmt: skip
 
 
@@ -168,7 +146,7 @@ def torchscript(ctx: TransformContext) -> Variant:
     with quiet_torch_warnings():
         traced = torch.jit.freeze(torch.jit.trace(ctx.module, _example_tensor(ctx)).eval())
     return Variant(
-        "torchscript", "torch.jit.trace+freeze", {}, "torch", ".pt", _torch_runner(traced),
+        "torchscript", "torch.jit.trace+freeze", {}, "torch", ".pt",
         lambda path: _jit_save(traced, path),
     )  # fmt: skip
 
@@ -183,7 +161,7 @@ def torch_export(ctx: TransformContext) -> Variant:
         program = torch.export.export(ctx.module, (example,), dynamic_shapes=({0: batch},))
     return Variant(
         "torch-export", "torch.export.export", {"dynamic": "batch"}, "torch", ".pt2",
-        _torch_runner(program.module()), lambda path: torch.export.save(program, str(path)),
+        lambda path: torch.export.save(program, str(path)),
     )  # fmt: skip
 
 
@@ -210,7 +188,7 @@ def int8_dynamic(ctx: TransformContext) -> Variant:
     layers = sorted(t.__name__ for t in types)
     return Variant(
         "int8-dynamic", "torch.ao.quantization.quantize_dynamic",
-        {"layers": layers, "dtype": "qint8"}, "torch", ".pt", _torch_runner(traced),
+        {"layers": layers, "dtype": "qint8"}, "torch", ".pt",
         lambda path: _jit_save(traced, path),
     )  # fmt: skip
 
@@ -258,7 +236,7 @@ def int8_static(ctx: TransformContext) -> Variant:
     }  # fmt: skip
     return Variant(
         "int8-static", "torch.ao.quantization.quantize_fx.prepare_fx+convert_fx", parameters,
-        "torch", ".pt", _torch_runner(traced), lambda path: _jit_save(traced, path),
+        "torch", ".pt", lambda path: _jit_save(traced, path),
     )  # fmt: skip
 
 
@@ -299,7 +277,7 @@ def _torchao_variant(ctx: TransformContext, name: str, config_name: str) -> Vari
     return Variant(
         name, f"torchao.quantization.quantize_({config_name})",
         {"layers": ["Linear"], "torchao": torchao.__version__, "saved_as": "torch.export"},
-        "torch", ".pt2", variant.runner, variant.save,
+        "torch", ".pt2", variant.save,
     )  # fmt: skip
 
 
@@ -324,14 +302,6 @@ def half_precision(ctx: TransformContext) -> Variant:
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     module = ctx.module.to("cuda", dtype=dtype)
 
-    def runner(threads: int) -> Predict:
-        def predict(batch: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                out = module(torch.from_numpy(batch).to("cuda", dtype=dtype))
-            return np.asarray(out.float().cpu().numpy())
-
-        return predict
-
     def save(path: Path) -> None:
         with quiet_torch_warnings():
             example = _example_tensor(ctx).to("cuda", dtype=dtype)
@@ -339,7 +309,7 @@ def half_precision(ctx: TransformContext) -> Variant:
 
     return Variant(
         str(dtype).removeprefix("torch."), f"module.to({dtype})", {"device": "cuda"},
-        "torch", ".pt", runner, save,
+        "torch", ".pt", save,
     )  # fmt: skip
 
 
@@ -369,19 +339,6 @@ def _export_onnx(module: Any, example: np.ndarray, path: Path) -> Path:
     return path
 
 
-def _ort_runner(path: Path) -> Callable[[int], Predict]:
-    def runner(threads: int) -> Predict:
-        session = ort_session(path, threads)
-        name = session.get_inputs()[0].name
-
-        def predict(batch: np.ndarray) -> np.ndarray:
-            return np.asarray(session.run(None, {name: batch})[0])
-
-        return predict
-
-    return runner
-
-
 def _copier(source: Path) -> Callable[[Path], None]:
     import shutil
 
@@ -393,7 +350,7 @@ def onnx_fp32(ctx: TransformContext) -> Variant:
     path = ctx.onnx_file()
     return Variant(
         "onnx", "torch.onnx.export+onnxruntime", {"graph_optimization_level": "ORT_ENABLE_ALL"},
-        "onnxruntime", ".onnx", _ort_runner(path), _copier(path),
+        "onnxruntime", ".onnx", _copier(path),
     )  # fmt: skip
 
 
@@ -407,7 +364,7 @@ def onnx_int8_dynamic(ctx: TransformContext) -> Variant:
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
     return Variant(
         "onnx-int8-dynamic", "onnxruntime.quantization.quantize_dynamic",
-        {"weight_type": "QInt8"}, "onnxruntime", ".onnx", _ort_runner(target), _copier(target),
+        {"weight_type": "QInt8"}, "onnxruntime", ".onnx", _copier(target),
     )  # fmt: skip
 
 
@@ -445,7 +402,7 @@ def onnx_int8_static(ctx: TransformContext) -> Variant:
     }  # fmt: skip
     return Variant(
         "onnx-int8-static", "onnxruntime.quantization.quantize_static", parameters,
-        "onnxruntime", ".onnx", _ort_runner(target), _copier(target),
+        "onnxruntime", ".onnx", _copier(target),
     )  # fmt: skip
 
 

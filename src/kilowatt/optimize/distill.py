@@ -240,7 +240,7 @@ def distillation(
         return Variant(
             f"distilled-{spec.width:g}" if spec.student is None else "distilled",
             f"knowledge distillation (KL at T={spec.temperature:g}, {spec.steps} steps)",
-            parameters, "torch", ".pt", scripted.runner, scripted.save,
+            parameters, "torch", ".pt", scripted.save,
         )  # fmt: skip
 
     return transform

@@ -8,7 +8,6 @@ find the Pareto front and choose by the objective.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from kilowatt.errors import SpecError
+from kilowatt.host import available_cores
 from kilowatt.optimize.candidates import (
     BASELINE,
     TRANSFORMS,
@@ -171,8 +171,7 @@ def _all_transforms(
 
 
 def _default_threads() -> tuple[int, ...]:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return tuple(sorted({1, cores or 1}))
+    return tuple(sorted({1, available_cores()}))
 
 
 def optimize(
@@ -186,7 +185,8 @@ def optimize(
 
     Raises:
         SpecError: the eval does not fit the model's outputs (before any variant is built),
-            or an unknown transform or objective was asked for.
+            an unknown transform or objective was asked for, or the cost objective without
+            a price.
     """
     table = _all_transforms(options.distill)
     wanted = options.transforms or tuple(table)
@@ -195,6 +195,11 @@ def optimize(
         raise SpecError(
             f"unknown transform(s) {unknown} or objective {options.objective!r}; transforms: "
             f"{', '.join(table)}; objectives: {', '.join(OBJECTIVES)}"
+        )
+    if options.objective == "cost" and options.usd_per_s <= 0 and options.usd_per_j <= 0:
+        raise SpecError(
+            "the cost objective needs a price, or every variant costs 0: set usd_per_s (the "
+            "machine's price per second) or usd_per_j (energy's price per joule) above 0"
         )
     inputs = np.ascontiguousarray(eval_set.inputs)
     check_eval_fits(eval_set, _first_output(module, inputs))

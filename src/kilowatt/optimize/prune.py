@@ -115,7 +115,7 @@ def _prune(
         name, f"torch.nn.utils.prune+fine-tune({finetune.steps} steps)",
         {**parameters, "layers": len(targets), "sparsity": round(sparsity, 4),
          "fine_tune_steps": finetune.steps},
-        "torch", ".pt", scripted.runner, scripted.save,
+        "torch", ".pt", scripted.save,
     )  # fmt: skip
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kilowatt.host import available_cores
 from kilowatt.spec import ServeSpec
 
 __all__ = [
@@ -257,10 +258,9 @@ def tune_serving(
     ``confirm_rounds`` times, interleaved (outside the budget: at most
     ``(confirm_top + 1) * confirm_rounds`` windows), and choose on the medians."""
     from kilowatt.meter import cpu_watts_per_core
-    from kilowatt.serve.runner import _available_cores
 
     watts = watts_per_core if watts_per_core is not None else cpu_watts_per_core(None, "local-cpu")
-    cores = _available_cores()  # counted as the server under tuning counts them
+    cores = available_cores()  # counted as the server under tuning counts them
     start = time.monotonic()
 
     def run(label: str, config: ServeSpec) -> ConfigResult:

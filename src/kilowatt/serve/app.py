@@ -27,7 +27,7 @@ from fastapi.responses import Response
 
 import kilowatt
 from kilowatt.errors import KilowattError, Overloaded
-from kilowatt.ports import announce
+from kilowatt.ports import announce, url_for
 from kilowatt.serve.errors import BodyTooLarge, InvalidInput, UnknownModel, status_of
 from kilowatt.serve.fleet import Fleet
 from kilowatt.serve.protocol import (
@@ -322,8 +322,7 @@ async def _start_grpc(front: ServeApp) -> Any:
 
 def grpc_url(spec: ServeSpec, port: int) -> str:
     """Where the gRPC endpoint of ``spec`` answers on ``port`` (``grpcs`` with TLS)."""
-    host = f"[{spec.host}]" if ":" in spec.host else spec.host
-    return f"{'grpcs' if spec.tls_cert else 'grpc'}://{host}:{port}"
+    return url_for(spec.host, port, "grpcs" if spec.tls_cert else "grpc")
 
 
 def _build_api(front: ServeApp, admin: bool) -> FastAPI:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kilowatt.errors import MeterUnavailable, SpecError
+from kilowatt.host import available_cores
 from kilowatt.ports import announce, bound_url, hold_shared_port, listen
 from kilowatt.serve.app import ServeApp, create_app, grpc_url
 from kilowatt.serve.fleet import FLEET_ENV, Fleet
@@ -41,18 +42,12 @@ def threads_per_worker(spec: ServeSpec, cpu_count: int | None = None) -> int:
     """
     if spec.threads_per_worker is not None:
         return spec.threads_per_worker
-    cores = cpu_count if cpu_count is not None else _available_cores()
+    cores = cpu_count if cpu_count is not None else available_cores()
     # Measured on the 2-core reference machine: keeping a core free for the event loop
     # (1 torch thread) made a lone request 1.3x slower than an unbatched server, while using
     # every core made it 0.6x and kept throughput at 64 connections; the loop's parsing
     # fits between forward passes.
     return max(1, cores // spec.workers)
-
-
-def _available_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _set_threads(count: int) -> None:

@@ -23,6 +23,8 @@ POINTS = [
     {"carbonIntensity": 420 if h < 3 else 150, "datetime": f"2026-12-01T{h:02d}:00:00.000Z"}
     for h in range(6)
 ]
+# Zone GAP's answer lacks 02:00: read by position, 150 g would move an hour earlier.
+GAPPY = [point for point in POINTS if not point["datetime"].startswith("2026-12-01T02")]
 
 
 class _FakeApi(BaseHTTPRequestHandler):
@@ -34,7 +36,8 @@ class _FakeApi(BaseHTTPRequestHandler):
             self._answer(404, {"message": "not found"})
         else:
             zone = parse_qs(url.query)["zone"][0]
-            self._answer(200, {"zone": zone, "forecast": list(reversed(POINTS))})
+            points = GAPPY if zone == "GAP" else POINTS
+            self._answer(200, {"zone": zone, "forecast": list(reversed(points))})
 
     def _answer(self, status: int, body: dict[str, object]) -> None:
         payload = json.dumps(body).encode()
@@ -73,6 +76,13 @@ def test_forecast_from_the_api_picks_the_windy_hours(api_url: str) -> None:
     )
     assert choice.start == T0 + dt.timedelta(hours=3)
     assert choice.carbon_gco2e == pytest.approx(300.0)  # 2 kWh at 150 g
+
+
+def test_a_forecast_with_a_missing_hour_is_refused(api_url: str) -> None:
+    client = ElectricityMapsClient(KEY, base_url=api_url)
+    gap = r"hour 2026-12-01T03:00Z does not follow 2026-12-01T01:00Z; .* CSV for zone 'GAP'"
+    with pytest.raises(CatalogError, match=gap):
+        client.forecast("GAP")
 
 
 def test_a_wrong_key_is_reported_with_what_to_check(api_url: str) -> None:

@@ -32,12 +32,7 @@ from kilowatt.serve.generate.tinygpt import ByteTokenizer, TinyGPT, TinyGPTConfi
 JOULES_PER_STEP = 0.5
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kilowatt.errors import ServeError
-from kilowatt.ports import announce, bound_url, listen, listening_prefix, reserve_port
+from kilowatt.ports import announce, bound_url, listen, listening_prefix, reserve_port, url_for
 from kilowatt.serve.process import ServerProcess
 
 
@@ -19,6 +19,18 @@ def test_port_zero_becomes_the_port_the_socket_holds() -> None:
         assert bound_url(listener, "127.0.0.1", "https") == f"https://127.0.0.1:{port}"
         with socket.socket() as other, pytest.raises(OSError):
             other.bind(("127.0.0.1", port))  # the port is held, not merely looked at
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("127.0.0.1", "grpc://127.0.0.1:50051"),
+        ("::1", "grpc://[::1]:50051"),  # brackets keep the address's colons apart from the port
+        ("localhost", "grpc://localhost:50051"),
+    ],
+)
+def test_urls_bracket_ipv6_hosts(host: str, url: str) -> None:
+    assert url_for(host, 50051, "grpc") == url
 
 
 def test_a_taken_port_is_a_clear_error() -> None:

@@ -123,6 +123,58 @@ def test_columns_that_cannot_be_found_are_named(capsys: pytest.CaptureFixture[st
     assert "no column 'label'" in capsys.readouterr().err
 
 
+LOCAL_CPU = """
+instances:
+  - {name: local-cpu, cloud: local, regions: [local], accelerator: cpu, accelerator_count: 8,
+     vcpus: 16, memory_gib: 32, network_gbps: 1, price_usd_per_hour: PRICE, source: test,
+     as_of: 2026-01-01}
+"""
+
+
+@pytest.mark.parametrize(
+    ("catalog", "problem"),
+    [
+        # The built-in local-cpu is priced at 0 (a machine you own): every variant ties.
+        (None, "costs 0.0 USD/hour"),
+        # A user file that is not YAML: the error names it.
+        ("instances: [unclosed", "broken.yaml: not valid YAML"),
+        # A user entry missing its price: the error names the entry and the field.
+        (LOCAL_CPU.replace("price_usd_per_hour: PRICE, ", ""), "price_usd_per_hour"),
+    ],
+)
+def test_the_cost_objective_refuses_a_missing_price(
+    capsys: pytest.CaptureFixture[str], catalog: str | None, problem: str
+) -> None:
+    catalog_dir = Settings.from_env().catalog_dir
+    if catalog is not None:
+        catalog_dir.mkdir(parents=True)
+        (catalog_dir / "broken.yaml").write_text(catalog)
+    code = main(["optimize", "model.pt", "--eval", "x.npz", "--objective", "cost"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 1
+    assert "--objective cost needs this machine's price" in err and problem in err
+    fix = "named 'local-cpu' with this machine's price_usd_per_hour to a catalog file in"
+    assert f"{fix} {catalog_dir}" in err
+
+
+def test_the_cost_objective_reads_the_price_from_the_user_catalog() -> None:
+    from kilowatt.cli.optimize_cmd import _usd_per_s
+
+    catalog_dir = Settings.from_env().catalog_dir
+    catalog_dir.mkdir(parents=True)
+    (catalog_dir / "local.yaml").write_text(LOCAL_CPU.replace("PRICE", "0.36"))
+    assert _usd_per_s("cost") == pytest.approx(0.36 / 3600)
+
+
+def test_other_objectives_do_not_read_the_catalog() -> None:
+    from kilowatt.cli.optimize_cmd import _usd_per_s
+
+    catalog_dir = Settings.from_env().catalog_dir
+    catalog_dir.mkdir(parents=True)
+    (catalog_dir / "broken.yaml").write_text("instances: [unclosed")
+    assert _usd_per_s("energy") == 0.0
+
+
 def train_data() -> torch.utils.data.TensorDataset:
     inputs, labels = eval_set()
     return torch.utils.data.TensorDataset(torch.from_numpy(inputs), torch.from_numpy(labels))

@@ -61,16 +61,15 @@ def test_the_distilled_student_is_smaller_and_learns_the_teacher(tmp_path: Path)
     # The recorded agreement is the saved student's, measured on every eval input.
     with torch.inference_mode():
         teacher_classes = ctx.module(torch.from_numpy(EVAL)).argmax(1).numpy()
-    distilled = float(np.mean(variant.runner(1)(EVAL).argmax(1) == teacher_classes))
+    student_file, teacher_file = tmp_path / "student.pt", tmp_path / "teacher.pt"
+    variant.save(student_file)
+    served = np.asarray(load_served(student_file, 1, variant.serve_hints).predict(EVAL))
+    distilled = float(np.mean(served.argmax(1) == teacher_classes))
     assert parameters["teacher_agreement"] == pytest.approx(distilled, abs=1e-4)
     # An untrained student of the same shape agrees about as often as chance; soft targets
     # alone (the data carry no labels) must take the distilled one far beyond it.
     untrained = narrow_student(ctx.module, torch.from_numpy(EVAL[:2]), 0.25)
     assert distilled > agreement(untrained, ctx.module, EVAL) + 0.3
-    student_file, teacher_file = tmp_path / "student.pt", tmp_path / "teacher.pt"
-    variant.save(student_file)
-    served = np.asarray(load_served(student_file, 1, variant.serve_hints).predict(EVAL))
-    assert float(np.mean(served.argmax(1) == teacher_classes)) == pytest.approx(distilled, abs=1e-4)
     torchscript(ctx).save(teacher_file)
     assert student_file.stat().st_size < teacher_file.stat().st_size
 

@@ -1,10 +1,11 @@
-"""ServeSpec validation and the CPU threads each worker gets."""
+"""ServeSpec validation, the CPU threads each worker gets, and the gRPC address."""
 
 from __future__ import annotations
 
 import pytest
 
 from kilowatt.errors import SpecError
+from kilowatt.serve.app import grpc_url
 from kilowatt.serve.runner import threads_per_worker
 from kilowatt.spec import ServeSpec, load_spec
 
@@ -27,6 +28,13 @@ def test_threads_share_the_cores_between_workers(cores: int, workers: int, threa
 
 def test_explicit_threads_win() -> None:
     assert threads_per_worker(ServeSpec(models=[MODEL], threads_per_worker=5), 2) == 5
+
+
+def test_the_grpc_address_says_tls_and_brackets_an_ipv6_host() -> None:
+    plain = ServeSpec(models=[MODEL])
+    tls = ServeSpec(models=[MODEL], host="::1", tls_cert="c.pem", tls_key="k.pem")
+    assert grpc_url(plain, 50051) == "grpc://127.0.0.1:50051"
+    assert grpc_url(tls, 50051) == "grpcs://[::1]:50051"
 
 
 @pytest.mark.parametrize(

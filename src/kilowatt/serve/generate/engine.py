@@ -51,6 +51,7 @@ from kilowatt.serve.errors import (
     RequestTimeout,
 )
 from kilowatt.serve.generate.blocks import BlockManager
+from kilowatt.serve.generate.detokenize import IncrementalDetokenizer
 from kilowatt.serve.generate.lm import LMRunner, StepInput, check_prompt
 from kilowatt.serve.generate.sampling import SamplingParams, choose_token
 
@@ -142,6 +143,7 @@ class _Sequence:
     deadline_s: float
     sink: Callable[[Any], None]
     arrival_s: float
+    detokenizer: IncrementalDetokenizer
     generator: torch.Generator | None = None
     computed: int = 0
     admitted_s: float | None = None
@@ -343,7 +345,10 @@ class GenerationEngine:
                 "lower max_tokens or start the server with more kv blocks"
             )
         deadline_s = deadline_s if deadline_s is not None else math.inf
-        sequence = _Sequence(seq_id, tokens, len(tokens), params, deadline_s, sink, self.clock())
+        detokenizer = IncrementalDetokenizer(self.runner.tokenizer)
+        sequence = _Sequence(
+            seq_id, tokens, len(tokens), params, deadline_s, sink, self.clock(), detokenizer
+        )
         sequence.generator = params.generator()
         with self._lock:
             self._admit(sequence)
@@ -549,14 +554,14 @@ class GenerationEngine:
     def _append(self, sequence: _Sequence, token: int, now: float) -> None:
         sequence.tokens.append(token)
         sequence.token_times.append(now)
-        text = self.runner.tokenizer.decode(sequence.output)
+        before = sequence.detokenizer.text  # the answer's text without this token
+        text = sequence.detokenizer.append(token)
         reason = None
         cut = _earliest_stop(text, sequence.params.stop)
         if cut is not None:
             text, reason = text[:cut], "stop"
         elif token == getattr(self.runner.tokenizer, "eos_token_id", None):
-            text = self.runner.tokenizer.decode(sequence.output[:-1])
-            reason = "stop"
+            text, reason = before, "stop"
         elif len(sequence.output) >= sequence.params.max_tokens:  # admission kept it in context
             reason = "length"
         safe = text if reason else _held_back(text, sequence.params.stop)
