@@ -35,6 +35,7 @@ def loader_from_spec(spec: DataSpec, settings: Settings) -> Loader:
         version,
         num_workers=spec.workers,
         prefetch_shards=spec.prefetch_shards,
+        fetch_threads=spec.fetch_threads,
         shuffle_window=spec.shuffle_window,
         cache_dir=settings.data_cache_dir,
         disk_cache_bytes=int(spec.disk_cache_mb * MIB),

@@ -44,6 +44,7 @@ class DataSpec(Spec):
         inputs, targets: column names; when given, batches are ``(inputs, targets)`` tuples.
         workers: DataLoader worker processes per rank.
         prefetch_shards: shards fetched ahead in the background.
+        fetch_threads: concurrent shard downloads per process.
         shuffle_window: shards whose samples are shuffled together.
         disk_cache_mb: the disk tier's quota (0: no disk tier).
         memory_cache_mb: the memory tier's bound per process.
@@ -56,6 +57,7 @@ class DataSpec(Spec):
     targets: str | None = None
     workers: int = Field(default=0, ge=0)
     prefetch_shards: int = Field(default=2, ge=0)
+    fetch_threads: int = Field(default=2, ge=1)
     shuffle_window: int = Field(default=2, ge=1)
     disk_cache_mb: float = Field(default=1024.0, ge=0)
     memory_cache_mb: float = Field(default=256.0, ge=0)

@@ -183,3 +183,20 @@ def test_a_training_spec_names_a_data_set_by_reference_or_mapping() -> None:
         load_spec(TrainSpec, {**base, "data": {"dataset": "d:v1", "inputs": "x"}})
     with pytest.raises(SpecError, match="exactly one of 'dataset' or 'dataloader'"):
         load_spec(TrainSpec, {**base, "data": "d:v1", "dataset": "m:ds"})
+    with pytest.raises(SpecError, match="fetch_threads"):
+        load_spec(TrainSpec, {**base, "data": {"dataset": "d:v1", "fetch_threads": 0}})
+
+
+def test_a_training_spec_sets_how_its_loader_reads(storage: Storage, tmp_path: Path) -> None:
+    from kilowatt.data._spec import loader_from_spec
+    from kilowatt.spec.data import DataSpec
+    from kilowatt.spec.settings import Settings
+
+    create_dataset(_arrays(), "toy", "v1", storage, shard_bytes=4096)
+    settings = Settings(
+        home=tmp_path, store_url="sqlite://", artifacts_url=str(tmp_path), user="u",
+        data_url=storage.root,
+    )  # fmt: skip
+    spec = DataSpec(dataset="toy:v1", workers=1, prefetch_shards=3, fetch_threads=4)
+    options = loader_from_spec(spec, settings).options
+    assert (options.num_workers, options.prefetch_shards, options.fetch_threads) == (1, 3, 4)
