@@ -42,6 +42,9 @@ __all__ = ["Loader", "LoaderOptions", "LoaderStats", "ShardStream", "default_col
 
 Sample = dict[str, Any]
 
+#: Stored bytes of batches a worker process may hold ready for the consumer.
+PREFETCH_BYTES = 16 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class LoaderOptions:
@@ -427,6 +430,7 @@ class Loader:
                 num_workers=self.options.num_workers,
                 multiprocessing_context=context,
                 persistent_workers=True,
+                prefetch_factor=_prefetch_batches(self.version, self.options.batch_size),
             )
         return self._dataloader
 
@@ -435,6 +439,16 @@ class Loader:
         for stats in self._worker_stats.values():
             total.add(stats)
         self.stats.cache = total
+
+
+def _prefetch_batches(version: DataSetVersion, batch_size: int) -> int:
+    """Batches each worker may have ready ahead of the consumer: about ``PREFETCH_BYTES``
+    of stored data, from 2 (DataLoader's default) to 64. A worker held to 2 waits on the
+    consumer for every batch; one that runs ahead keeps downloading and decoding while
+    the consumer is busy."""
+    manifest = version.manifest
+    batch_bytes = batch_size * manifest.bytes / max(1, manifest.rows)
+    return int(min(64, max(2, PREFETCH_BYTES // max(1.0, batch_bytes))))
 
 
 def _make_cache(options: LoaderOptions) -> ShardCache:

@@ -202,3 +202,16 @@ def test_cache_aware_order_opens_each_epoch_with_the_shards_the_last_one_ended_w
         assert set(current[:kept]) == set(previous[-kept:])
         assert current != previous  # both groups are reshuffled
     assert epochs == [order.rank_shards(epoch) for epoch in range(4)]  # a pure function
+
+
+@pytest.mark.parametrize(
+    ("row_bytes", "batch_size", "ahead"),
+    [(16000, 64, 16), (4, 32, 64), (4 << 20, 64, 2)],  # 1 MB, tiny and 256 MiB batches
+)
+def test_a_worker_runs_ahead_by_about_16_mib_of_batches(
+    storage: Storage, row_bytes: int, batch_size: int, ahead: int
+) -> None:
+    rows = np.zeros((4, row_bytes), dtype=np.uint8)
+    version = create_dataset({"x": rows}, f"rows{row_bytes}", "v1", storage)
+    loader = Loader(version, batch_size=batch_size, num_workers=1)
+    assert loader._workers().prefetch_factor == ahead
