@@ -8,12 +8,15 @@ and removes them when the load falls, between ``min_replicas`` and ``max_replica
 
 With ``grpc_port`` in the spec, Ray Serve's gRPC proxy also serves the Open Inference
 Protocol's ``inference.GRPCInferenceService`` on that port: each replica answers its
-methods with the same servicer as ``kilowatt serve --grpc-port``.
+methods, Triton's bidirectional ``ModelStreamInfer`` included, with the same servicer as
+``kilowatt serve --grpc-port``. The repository methods are not served: Ray Serve deploys
+and updates the replicas.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +71,22 @@ class _Replica:
 
     async def ModelInfer(self, request: Any, grpc_context: Any = None) -> Any:
         return await self._grpc("ModelInfer", request, grpc_context)
+
+    async def ModelStreamInfer(
+        self, request_stream: AsyncIterator[Any], grpc_context: Any = None
+    ) -> AsyncIterator[Any]:
+        """Triton's bidirectional stream: the requests of one stream run on this replica,
+        batched together, each answered as it completes (Ray Serve passes the stream)."""
+        from kilowatt.serve.grpc import InferenceServicer
+
+        answers = InferenceServicer(self.server).ModelStreamInfer(
+            request_stream, _RayContext(grpc_context)
+        )
+        try:
+            async for answer in answers:
+                yield answer
+        except _Aborted:  # a malformed stream; its status and details are on Ray's context
+            return
 
     async def _grpc(self, method: str, request: Any, grpc_context: Any) -> Any:
         from kilowatt.serve.grpc import InferenceServicer

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -109,6 +110,37 @@ def test_grpc_proxy_serves_the_inference_service(deployment: RayDeployment) -> N
     with pytest.raises(InferenceServerException, match="no model named 'nope'") as error:
         client.infer("nope", [tensor])
     assert error.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_grpc_proxy_serves_the_bidirectional_stream(deployment: RayDeployment) -> None:
+    import queue
+
+    import numpy as np
+    import tritonclient.grpc as triton
+
+    assert deployment.grpc_target is not None
+    client = triton.InferenceServerClient(deployment.grpc_target)
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        for request_id, values in (("a", [1, 2, 3]), ("b", [4, 5, 6])):
+            tensor = triton.InferInput("x", [1, 3], "FP32")
+            tensor.set_data_from_numpy(np.array([values], dtype=np.float32))
+            client.async_stream_infer("double", [tensor], request_id=request_id)
+        tensor = triton.InferInput("x", [1, 3], "FP32")
+        tensor.set_data_from_numpy(np.zeros((1, 3), dtype=np.float32))
+        client.async_stream_infer("nope", [tensor], request_id="c")
+        got = [answers.get(timeout=60) for _ in range(3)]
+    finally:
+        client.stop_stream()
+    outputs = {
+        result.get_response().id: result.as_numpy("output0").tolist()
+        for result, error in got
+        if error is None
+    }
+    assert outputs == {"a": [[2.0, 4.0, 6.0]], "b": [[8.0, 10.0, 12.0]]}
+    errors = [str(error) for _, error in got if error is not None]
+    assert len(errors) == 1 and "no model named 'nope'" in errors[0]
 
 
 def test_unknown_model_gets_404(deployment: RayDeployment) -> None:
