@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -27,9 +28,30 @@ if TYPE_CHECKING:
     from kilowatt.meter import Accountant
     from kilowatt.train import Callback, FitResult
 
-__all__ = ["RayBackend", "check_store_for_cluster"]
+__all__ = ["RayBackend", "check_store_for_cluster", "submit_when_ready"]
 
 _DASHBOARD = "http://127.0.0.1:8265"
+# What the Jobs API answers while the head node's job agent is still starting.
+_AGENT_STARTING = "No available agent to submit job"
+_AGENT_WAIT_S = 60.0
+
+
+def submit_when_ready(client: Any, name: str, **job: Any) -> str:
+    """``client.submit_job(**job)``, retried with backoff for up to a minute while the
+    cluster's job agent is starting (a cluster just started answers "try again later").
+
+    Raises:
+        BackendError: the Jobs API refused the job, or no agent came up in time.
+    """
+    wait_s, deadline = 0.5, time.monotonic() + _AGENT_WAIT_S
+    while True:
+        try:
+            return str(client.submit_job(**job))
+        except RuntimeError as exc:
+            if _AGENT_STARTING not in str(exc) or time.monotonic() + wait_s > deadline:
+                raise BackendError(f"the Ray Jobs API refused job {name!r}: {exc}") from None
+        time.sleep(wait_s)
+        wait_s = min(wait_s * 2, 8.0)
 
 
 def check_store_for_cluster(store_url: str, node_count: int) -> None:
@@ -171,16 +193,13 @@ class RayBackend:
             entrypoint = f"{self._python()} -m kilowatt.backends.child --from-env"
             env[JOB_ENV] = encode_job(job, run_id=None, prices=None)
         client = JobSubmissionClient(self._dashboard())
-        try:
-            return str(
-                client.submit_job(
-                    entrypoint=entrypoint,
-                    runtime_env={"working_dir": job.workdir, "env_vars": env},
-                    metadata={"kilowatt_job": job.name, "kind": job.kind},
-                )
-            )
-        except RuntimeError as exc:
-            raise BackendError(f"the Ray Jobs API refused job {job.name!r}: {exc}") from None
+        return submit_when_ready(
+            client,
+            job.name,
+            entrypoint=entrypoint,
+            runtime_env={"working_dir": job.workdir, "env_vars": env},
+            metadata={"kilowatt_job": job.name, "kind": job.kind},
+        )
 
     def _python(self) -> str:
         # A cluster on this machine runs this interpreter (and its kilowatt); a remote one
