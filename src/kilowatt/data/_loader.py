@@ -136,6 +136,10 @@ class ShardStream(IterableDataset[tuple[int, int, dict[str, Any], Any]]):
         # Made on first read in the process that reads (each worker has its own), then kept
         # across epochs: its memory tier and its figures outlive an epoch.
         self._cache: ShardCache | None = None
+        #: Batches leave default collation to the consumer (set by Loader for its workers):
+        #: numeric columns then cross the worker's pipe as NumPy arrays, in the message,
+        #: where a tensor would cost a shared-memory file and a descriptor passed per batch.
+        self.collate_in_consumer = False
 
     def cache(self) -> ShardCache:
         """This process's shard cache."""
@@ -210,7 +214,7 @@ class _WorkerReader:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def batches(self, skip: int) -> Iterator[tuple[int, int, dict[str, Any], Any]]:
-        batcher = _Batcher(self.options)
+        batcher = _Batcher(self.options, collate=not self.stream.collate_in_consumer)
         consumed, index = 0, 0
         for window_index, window in enumerate(self.work.windows):
             rows = sum(self.version.manifest.shards[s].rows for s in window)
@@ -268,8 +272,9 @@ class _Batcher:
     them samples go one by one through the user's functions.
     """
 
-    def __init__(self, options: LoaderOptions) -> None:
+    def __init__(self, options: LoaderOptions, collate: bool = True) -> None:
         self.options = options
+        self.collate = collate
         self.per_sample = (
             options.map is not None or options.filter is not None or (options.collate is not None)
         )
@@ -312,12 +317,15 @@ class _Batcher:
         if self.options.collate is not None:
             return self.options.collate(samples)
         names = samples[0].keys()
-        return default_collate({n: _stack([s[n] for s in samples]) for n in names})
+        return self._finish({n: _stack([s[n] for s in samples]) for n in names})
 
     def _collate_pieces(self) -> Any:
         pieces, self.pieces, self.piece_rows = self.pieces, [], 0
         names = pieces[0].keys()
-        return default_collate({n: _concat([p[n] for p in pieces]) for n in names})
+        return self._finish({n: _concat([p[n] for p in pieces]) for n in names})
+
+    def _finish(self, columns: dict[str, Any]) -> Any:
+        return default_collate(columns) if self.collate else columns
 
 
 class Loader:
@@ -407,6 +415,8 @@ class Loader:
             self._sum_stats()
             self.stats.batches += 1
             self.stats.samples += _batch_len(batch)
+            if self._one_stream().collate_in_consumer and self.options.collate is None:
+                batch = default_collate(batch)
             yield batch if self.options.pair is None else _pair(batch, self.options.pair)
         self.epoch, self._positions = self.epoch + 1, {}
 
@@ -424,6 +434,7 @@ class Loader:
             context = multiprocessing.get_context("fork" if os.name == "posix" else None)
             stream = self._one_stream()
             stream.share(context)
+            stream.collate_in_consumer = True
             self._dataloader = DataLoader(
                 stream,
                 batch_size=None,
@@ -431,6 +442,7 @@ class Loader:
                 multiprocessing_context=context,
                 persistent_workers=True,
                 prefetch_factor=_prefetch_batches(self.version, self.options.batch_size),
+                collate_fn=_as_is,  # not DataLoader's default_convert: batches stay NumPy
             )
         return self._dataloader
 
@@ -439,6 +451,10 @@ class Loader:
         for stats in self._worker_stats.values():
             total.add(stats)
         self.stats.cache = total
+
+
+def _as_is(item: Any) -> Any:
+    return item
 
 
 def _prefetch_batches(version: DataSetVersion, batch_size: int) -> int:

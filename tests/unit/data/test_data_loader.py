@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from kilowatt.data import DataSetVersion, Loader, Storage, create_dataset, verify_dataset
 from kilowatt.data._order import Order
@@ -67,6 +68,33 @@ def test_batches_are_tensors_and_transforms_run(toy: DataSetVersion) -> None:
     )
     got = [i for batch in odd for i in batch]
     assert sorted(got) == [2 * i for i in range(ROWS) if i % 2]
+
+
+def test_worker_processes_give_the_same_batches_as_the_consumers_process(
+    storage: Storage,
+) -> None:
+    rng = np.random.default_rng(1)
+    arrays = {
+        "id": np.arange(ROWS),
+        "x": rng.random((ROWS, 2), dtype=np.float32),
+        "blob": np.array([bytes([i % 256]) * 3 for i in range(ROWS)], dtype=object),
+    }
+    version = create_dataset(arrays, "mixed", "v1", storage, shard_bytes=2048)
+    read = {n: list(Loader(version, batch_size=32, num_workers=n)) for n in (0, 1)}
+    assert len(read[0]) == len(read[1])
+    for here, there in zip(read[0], read[1], strict=True):
+        for name in ("id", "x"):
+            assert isinstance(there[name], torch.Tensor)
+            assert torch.equal(here[name], there[name])
+        assert isinstance(there["blob"], list) and there["blob"] == here["blob"]
+    # A collate function's batches come back as it made them, in either process.
+    for n in (0, 2):
+        batch = next(iter(Loader(version, batch_size=8, num_workers=n, collate=_ids_array)))
+        assert isinstance(batch, np.ndarray)
+
+
+def _ids_array(samples: list[dict[str, Any]]) -> np.ndarray:
+    return np.array([s["id"] for s in samples])
 
 
 def _double_id(sample: dict[str, Any]) -> dict[str, Any]:
