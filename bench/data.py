@@ -225,6 +225,8 @@ def peer_python() -> Path:
 def run_variant(
     name: str, args: argparse.Namespace, data: dict[str, Any], proxy_url: str, scratch: Path
 ) -> dict[str, Any]:
+    from kilowatt.data import prefetch_batches  # not at the top: peers' venvs lack pyarrow
+
     runner, settings = VARIANTS[name]
     cache = scratch / f"cache-{name.replace(' ', '-')}"
     shutil.rmtree(cache, ignore_errors=True)
@@ -239,6 +241,10 @@ def run_variant(
         "batch_size": args.batch_size,
         "compute_s": args.compute_ms / 1000,
         "workers": args.workers,
+        # kilowatt's Loader lets each worker run this many batches ahead; peers get as many.
+        "prefetch_batches": prefetch_batches(
+            data["kilowatt"]["bytes"] / data["kilowatt"]["rows"], args.batch_size
+        ),
     }
     python = sys.executable if runner in ("kilowatt", "fsspec") else str(peer_python())
     env = {**os.environ, **CREDENTIALS, "PYTHONPATH": str(ROOT / "src")}
@@ -375,17 +381,7 @@ def _run_streaming(config: dict[str, Any]) -> dict[str, Any]:
             cache_limit=config["cache_bytes"],
             **settings,
         )
-        loader = DataLoader(
-            dataset,
-            batch_size=config["batch_size"],
-            num_workers=config["workers"],
-            persistent_workers=config["workers"] > 0,  # kept across epochs, as kilowatt's
-        )
-
-        def epoch(number: int) -> Any:
-            return (batch["id"] for batch in loader)
-
-        return epoch
+        return _ids_per_epoch(DataLoader(dataset, **_dataloader_options(config)))
 
     return _measure_epochs(setup, config)
 
@@ -410,19 +406,24 @@ def _run_litdata(config: dict[str, Any]) -> dict[str, Any]:
             },
             **config["settings"],
         )
-        loader = litdata.StreamingDataLoader(
-            dataset,
-            batch_size=config["batch_size"],
-            num_workers=config["workers"],
-            persistent_workers=config["workers"] > 0,  # kept across epochs, as kilowatt's
-        )
-
-        def epoch(number: int) -> Any:
-            return (batch["id"] for batch in loader)
-
-        return epoch
+        loader = litdata.StreamingDataLoader(dataset, **_dataloader_options(config))
+        return _ids_per_epoch(loader)
 
     return _measure_epochs(setup, config)
+
+
+def _dataloader_options(config: dict[str, Any]) -> dict[str, Any]:
+    """A peer's DataLoader as kilowatt's Loader runs its own: workers kept across epochs,
+    each with as many batches ready (DataLoader's default is 2)."""
+    options = {"batch_size": config["batch_size"], "num_workers": config["workers"]}
+    if config["workers"] > 0:
+        options.update(persistent_workers=True, prefetch_factor=config["prefetch_batches"])
+    return options
+
+
+def _ids_per_epoch(loader: Any) -> Any:
+    """The epoch function ``_measure_epochs`` takes: each batch's ids."""
+    return lambda number: (batch["id"] for batch in loader)
 
 
 RUNNERS = {

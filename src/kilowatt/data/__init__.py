@@ -30,7 +30,13 @@ from kilowatt.data._stats import DataDiff, diff_stats
 from kilowatt.data._storage import Storage
 
 if TYPE_CHECKING:
-    from kilowatt.data._loader import Loader, LoaderOptions, LoaderStats, ShardStream
+    from kilowatt.data._loader import (
+        Loader,
+        LoaderOptions,
+        LoaderStats,
+        ShardStream,
+        prefetch_batches,
+    )
 
 __all__ = [
     "AccessPlan",
@@ -53,11 +59,12 @@ __all__ = [
     "list_versions",
     "loader_from_spec",
     "open_dataset",
+    "prefetch_batches",
     "storage_from_settings",
     "verify_dataset",
 ]
 
-_LAZY = {"Loader", "LoaderOptions", "LoaderStats", "ShardStream"}
+_LAZY = {"Loader", "LoaderOptions", "LoaderStats", "ShardStream", "prefetch_batches"}
 
 
 def __getattr__(name: str) -> Any:

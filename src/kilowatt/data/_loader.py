@@ -38,7 +38,14 @@ from kilowatt.data._sources import table_to_arrays
 from kilowatt.data._storage import Storage, is_local_url
 from kilowatt.errors import DataError
 
-__all__ = ["Loader", "LoaderOptions", "LoaderStats", "ShardStream", "default_collate"]
+__all__ = [
+    "Loader",
+    "LoaderOptions",
+    "LoaderStats",
+    "ShardStream",
+    "default_collate",
+    "prefetch_batches",
+]
 
 Sample = dict[str, Any]
 
@@ -441,10 +448,14 @@ class Loader:
                 num_workers=self.options.num_workers,
                 multiprocessing_context=context,
                 persistent_workers=True,
-                prefetch_factor=_prefetch_batches(self.version, self.options.batch_size),
+                prefetch_factor=prefetch_batches(self._row_bytes(), self.options.batch_size),
                 collate_fn=_as_is,  # not DataLoader's default_convert: batches stay NumPy
             )
         return self._dataloader
+
+    def _row_bytes(self) -> float:
+        manifest = self.version.manifest
+        return manifest.bytes / max(1, manifest.rows)
 
     def _sum_stats(self) -> None:
         total = CacheStats()
@@ -457,14 +468,12 @@ def _as_is(item: Any) -> Any:
     return item
 
 
-def _prefetch_batches(version: DataSetVersion, batch_size: int) -> int:
+def prefetch_batches(row_bytes: float, batch_size: int) -> int:
     """Batches each worker may have ready ahead of the consumer: about ``PREFETCH_BYTES``
-    of stored data, from 2 (DataLoader's default) to 64. A worker held to 2 waits on the
+    of stored rows, from 2 (DataLoader's default) to 64. A worker held to 2 waits on the
     consumer for every batch; one that runs ahead keeps downloading and decoding while
     the consumer is busy."""
-    manifest = version.manifest
-    batch_bytes = batch_size * manifest.bytes / max(1, manifest.rows)
-    return int(min(64, max(2, PREFETCH_BYTES // max(1.0, batch_bytes))))
+    return int(min(64, max(2, PREFETCH_BYTES // max(1.0, batch_size * row_bytes))))
 
 
 def _make_cache(options: LoaderOptions) -> ShardCache:
