@@ -293,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.jit.script(reference_model()).save(str(model_file))
         command = [str(model_file), "--name", "mlp", "--slo-ms", "10000", "--grpc-port", "0"]
         with ServerProcess(command, program="serve", log_path=work / "serve.log") as kw:
-            assert kw.grpc_endpoint is not None
+            if not kw.grpc_endpoint:
+                raise RuntimeError(f"kilowatt serve announced no gRPC address; see {kw.log_path}")
             address = kw.grpc_endpoint.removeprefix("grpc://")
             check_grpc_answer(address)
             metrics = f"{kw.endpoint}/metrics"

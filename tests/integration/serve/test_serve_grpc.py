@@ -42,6 +42,13 @@ from kilowatt.spec import ModelSpec
 SAMPLES = np.random.default_rng(2).standard_normal((3, 16)).astype(np.float32)
 
 
+def _wait_for_queued(server: Any, depth: int) -> None:
+    """Until model ``m`` has ``depth`` requests queued (30 s bounds a broken run only)."""
+    deadline = time.monotonic() + 30
+    while server.engine("m").batcher.depth < depth and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def _expected(batch: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
         return small_mlp()(torch.from_numpy(batch)).numpy()
@@ -163,9 +170,7 @@ def test_full_queue_is_resource_exhausted_and_a_hopeless_deadline_is_deadline_ex
         assert gate.started.wait(30)  # the model is busy with the first request
         queued_call = threading.Thread(target=call)
         queued_call.start()
-        deadline = time.monotonic() + 30
-        while server.engine("m").batcher.depth < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _wait_for_queued(server, 1)
         with pytest.raises(InferenceServerException, match=r"queue full \(1 requests") as full:
             client.infer("m", [_input("x", one, "FP32")])
         assert full.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
@@ -343,9 +348,7 @@ def test_requests_on_one_stream_are_batched_together() -> None:
         assert gate.started.wait(30)  # the model is busy with the first request
         for rid in ("second", "third"):
             client.async_stream_infer("m", [_input("x", 3 * one, "FP32")], request_id=rid)
-        deadline = time.monotonic() + 30
-        while server.engine("m").batcher.depth < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _wait_for_queued(server, 2)
         assert server.engine("m").batcher.depth == 2  # queued together, not one at a time
         gate.open.set()
         results = [answers.next() for _ in range(3)]
@@ -417,9 +420,7 @@ def test_a_full_queue_is_reported_on_the_stream_with_a_retry_hint() -> None:
         client.async_stream_infer("m", [_input("x", one, "FP32")], request_id="running")
         assert gate.started.wait(30)
         client.async_stream_infer("m", [_input("x", one, "FP32")], request_id="queued")
-        deadline = time.monotonic() + 30
-        while server.engine("m").batcher.depth < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _wait_for_queued(server, 1)
         client.async_stream_infer("m", [_input("x", one, "FP32")], request_id="refused")
         result, error = answers.next()  # the refusal comes first: the model is still blocked
         assert result is None and "queue full (1 requests" in error.message()
