@@ -408,7 +408,9 @@ class Loader:
 
     def __iter__(self) -> Iterator[Any]:
         items: Any = self._workers() if self.options.num_workers > 0 else self._one_stream()
-        self._one_stream().retarget(self.epoch, self._positions)
+        stream = self._one_stream()
+        stream.retarget(self.epoch, self._positions)
+        collate_here = stream.collate_in_consumer and self.options.collate is None
         iterator = iter(items)
         while True:
             started_s = time.perf_counter()
@@ -422,7 +424,7 @@ class Loader:
             self._sum_stats()
             self.stats.batches += 1
             self.stats.samples += _batch_len(batch)
-            if self._one_stream().collate_in_consumer and self.options.collate is None:
+            if collate_here:
                 batch = default_collate(batch)
             yield batch if self.options.pair is None else _pair(batch, self.options.pair)
         self.epoch, self._positions = self.epoch + 1, {}

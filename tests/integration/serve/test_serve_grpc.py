@@ -8,6 +8,8 @@ import queue
 import re
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -335,17 +337,28 @@ def test_stream_infer_answers_equal_unary_answers_and_echo_their_ids(mlp_grpc) -
     assert metric(server, "kilowatt_serve_requests_total", **labels) == 2 * len(batches)
 
 
-def test_requests_on_one_stream_are_batched_together() -> None:
-    gate = Gate()
-    server = make_server(ModelSpec(name="m", source="scale:2"), factory=gate, grpc_port=0)
-    one = np.ones((1, 2), dtype=np.float32)
+@contextmanager
+def _stream_with_one_running(
+    server: Any, gate: Gate, request_id: str
+) -> Iterator[tuple[triton.InferenceServerClient, _Answers]]:
+    """An open stream to model ``m`` whose first request (ones, ``request_id``) is running,
+    held by ``gate`` until the test opens it."""
     with running_with_grpc(server) as (_, target):
         client = triton.InferenceServerClient(target)
         answers = _Answers()
         client.start_stream(callback=answers)
         gate.armed = True
-        client.async_stream_infer("m", [_input("x", one, "FP32")], request_id="first")
-        assert gate.started.wait(30)  # the model is busy with the first request
+        one = np.ones((1, 2), dtype=np.float32)
+        client.async_stream_infer("m", [_input("x", one, "FP32")], request_id=request_id)
+        assert gate.started.wait(30)  # the model is busy with that request
+        yield client, answers
+
+
+def test_requests_on_one_stream_are_batched_together() -> None:
+    gate = Gate()
+    server = make_server(ModelSpec(name="m", source="scale:2"), factory=gate, grpc_port=0)
+    one = np.ones((1, 2), dtype=np.float32)
+    with _stream_with_one_running(server, gate, "first") as (client, answers):
         for rid in ("second", "third"):
             client.async_stream_infer("m", [_input("x", 3 * one, "FP32")], request_id=rid)
         _wait_for_queued(server, 2)
@@ -412,13 +425,7 @@ def test_a_full_queue_is_reported_on_the_stream_with_a_retry_hint() -> None:
         grpc_port=0,
     )
     one = np.ones((1, 2), dtype=np.float32)
-    with running_with_grpc(server) as (_, target):
-        client = triton.InferenceServerClient(target)
-        answers = _Answers()
-        client.start_stream(callback=answers)
-        gate.armed = True
-        client.async_stream_infer("m", [_input("x", one, "FP32")], request_id="running")
-        assert gate.started.wait(30)
+    with _stream_with_one_running(server, gate, "running") as (client, answers):
         client.async_stream_infer("m", [_input("x", one, "FP32")], request_id="queued")
         _wait_for_queued(server, 1)
         client.async_stream_infer("m", [_input("x", one, "FP32")], request_id="refused")
